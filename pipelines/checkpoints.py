@@ -1,0 +1,60 @@
+"""Checkpoint format and loading a generator from anywhere a user may point at.
+
+A checkpoint is a folder holding ``checkpoint.pt``: G, D, both optimizers, the
+iteration and epoch counters, the fixed noise of the sample grids, the RNG states
+and the run's config (so a generator can be rebuilt without the original YAML).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gan.models import Discriminator, Generator
+from pipelines import storage
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def build_networks(model_cfg: dict[str, Any]) -> tuple[Generator, Discriminator]:
+    g = Generator(resolution=model_cfg["resolution"], latent_dim=model_cfg["latent_dim"], width=model_cfg["g_width"])
+    d = Discriminator(resolution=model_cfg["resolution"], width=model_cfg["d_width"])
+    return g, d
+
+
+def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
+    path = Path(directory) / CHECKPOINT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_state(location: str | Path) -> dict[str, Any]:
+    """A checkpoint folder or file, local or s3://."""
+    location = str(location)
+    if not location.endswith(".pt"):
+        location = storage.join(location, CHECKPOINT_FILE)
+    data = storage.read_bytes(location)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def generator_from_state(state: dict[str, Any]) -> Generator:
+    g, _ = build_networks(state["config"]["model"])
+    g.load_state_dict(state["generator"])
+    return g.eval()
+
+
+def load_generator(uri: str, device: str | torch.device = "cpu") -> Generator:
+    """G in eval mode from ``models:/name@alias``, ``models:/name/3``, ``runs:/id/path``,
+    or a checkpoint (folder or .pt file, local or s3://)."""
+    if uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        import mlflow.pytorch
+
+        model = mlflow.pytorch.load_model(uri, map_location=torch.device(device))
+        return model.eval()
+    return generator_from_state(load_state(uri)).to(device)

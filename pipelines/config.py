@@ -1,0 +1,256 @@
+"""One typed, validated config for a run (pydantic).
+
+A preset YAML (``configs/*.yaml``) plus ``key=value`` overrides with dotted keys
+(``train.lr_g=1e-4``) build it. The CLI, the ``python -m pipelines.*`` entry points,
+Ray Train's ``train_loop_config`` and Tune's ``param_space`` all carry this object
+(as a plain dict on the wire: ``cfg.model_dump()``). Unknown keys and impossible
+values are rejected before any work starts, naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config value or key that cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        "synthetic",
+        description="'synthetic' (the embedded offline bedrooms), a folder of images, "
+        "an LSUN LMDB export folder, or s3://bucket/prefix",
+    )
+    dataset: str | None = Field(
+        None, description="where the ingested Parquet dataset lives (local or s3://); default under storage"
+    )
+    synthetic_images: int = Field(4096, ge=16, description="how many synthetic bedrooms to draw")
+    synthetic_seed: int = 0
+    limit: int | None = Field(None, ge=1, description="ingest at most this many source images")
+    shard_mb: int = Field(128, ge=1, le=4096, description="target size of one Parquet shard")
+    drop_near_duplicates: bool = Field(False, description="drop near-duplicate clusters at ingest (semantic hash)")
+    shuffle: bool = True
+
+
+class ModelConfig(_Section):
+    resolution: Literal[32, 64, 128] = 64
+    latent_dim: int = Field(100, ge=1)
+    g_width: int = Field(64, ge=1, description="ngf: G's width at the last hidden layer (64 = reference, 128 = paper figure)")
+    d_width: int = Field(64, ge=1, description="ndf: D's width at the first layer")
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(128, ge=1, description="per worker; the global batch is batch_size * num_workers")
+    iterations: int = Field(1000, ge=1, description="generator updates; each consumes discriminator_steps batches")
+    discriminator_steps: int = Field(1, ge=1, le=100, description="k of Goodfellow et al.'s Algorithm 1")
+    lr_g: float = Field(2e-4, gt=0, le=1)
+    lr_d: float = Field(2e-4, gt=0, le=1)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    generator_loss: Literal["non_saturating", "minimax"] = "non_saturating"
+    seed: int = 0
+    sync_batchnorm: bool = Field(False, description="batch statistics across workers (off in the paper)")
+    mixed_precision: Literal["auto", "bf16", "off"] = Field("auto", description="auto: bf16 autocast on GPUs, off on CPUs")
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    log_every: int = Field(10, ge=1, description="iterations between metric reports")
+    sample_every: int = Field(0, ge=0, description="iterations between sample grids (0: once per epoch)")
+    checkpoint_every: int = Field(200, ge=1, description="iterations between checkpoints (and one at the end)")
+    keep_checkpoints: int = Field(3, ge=1)
+    resume_from: str | None = Field(None, description="a checkpoint folder (local or s3://) to continue from")
+    fail_at_iteration: int | None = Field(
+        None, ge=1, description="fault injection for tests: rank 1 (or 0) exits at this iteration on its first attempt"
+    )
+
+
+class ScalingConfig(_Section):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker (default: cpus_per_worker)")
+    max_failures: int = Field(3, ge=-1, description="worker-group restarts from the last checkpoint (-1: forever)")
+
+
+class EvalConfig(_Section):
+    fid_every: int = Field(0, ge=0, description="iterations between FID evaluations during training (0: off)")
+    fid_samples: int = Field(10000, ge=2)
+    final_fid: bool = True
+    batch_size: int = Field(50, ge=1)
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)
+    audit: bool = True
+    audit_samples: int = Field(1000, ge=1)
+
+
+class TrackingConfig(_Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else SQLite under storage")
+    experiment: str = "dcgan-lsun-bedroom"
+    registered_model: str = "dcgan-bedroom-generator"
+    register_model: bool = Field(True, description="register the generator in the MLflow Model Registry")
+
+
+class PipelineConfig(_Section):
+    name: str = Field("dcgan", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    storage: str = Field("./runs", description="root for datasets, checkpoints and the embedded MLflow (local or s3://)")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    # Derived values live here, once, rather than being recomputed by each step.
+    @property
+    def dataset_uri(self) -> str:
+        if self.data.dataset:
+            return self.data.dataset
+        slug = "synthetic" if self.data.source == "synthetic" else _slug(self.data.source)
+        return join_uri(self.storage, "datasets", f"{slug}-{self.model.resolution}px")
+
+    @property
+    def checkpoints_uri(self) -> str:
+        return join_uri(self.storage, "checkpoints")
+
+    def tracking_uri(self) -> str:
+        if self.tracking.uri:
+            return self.tracking.uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        if self.storage.startswith("s3://"):
+            return "sqlite:///" + str(Path("runs", "mlflow.db").resolve())
+        return "sqlite:///" + str(Path(self.storage, "mlflow.db").resolve())
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, e.g. for MLflow parameters."""
+        return _flatten(self.model_dump())
+
+
+def _slug(source: str) -> str:
+    tail = source.rstrip("/").split("/")[-1] or "dataset"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in tail)
+
+
+def join_uri(root: str, *parts: str) -> str:
+    if "://" in root:
+        return "/".join([root.rstrip("/"), *parts])
+    return str(Path(root, *parts))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _allowed_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    return [prefix + name for name in model.model_fields]
+
+
+def _section_model(path: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = PipelineConfig
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc) or "<config>"
+        if e["type"] == "extra_forbidden":
+            section = _section_model(loc[:-1])
+            allowed = ", ".join(section.model_fields) if section else "?"
+            where = ".".join(loc[:-1]) or "the top level"
+            lines.append(f"unknown key '{key}' (allowed in {where}: {allowed})")
+        else:
+            got = e.get("input")
+            lines.append(f"{key}: {e['msg']} (got {got!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """['train.lr_g=1e-4', 'name=x'] -> nested dict; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value (for example train.lr_g=1e-4)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is a value, not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_preset(path_or_name: str | os.PathLike) -> Path:
+    """A YAML path, or a preset name from configs/ ('demo' -> configs/demo.yaml)."""
+    p = Path(path_or_name)
+    if p.is_file():
+        return p
+    candidate = CONFIG_DIR / f"{path_or_name}.yaml"
+    if candidate.is_file():
+        return candidate
+    presets = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config '{path_or_name}' not found: give a YAML path or one of the presets: {presets}")
+
+
+def load_raw(path: str | os.PathLike | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    p = resolve_preset(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} must hold a mapping of config keys, not {type(data).__name__}")
+    return data
+
+
+def validate(data: dict[str, Any]) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e)) from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Preset YAML (or none: the embedded defaults) + dotted overrides -> a validated config."""
+    return validate(deep_merge(load_raw(path), parse_overrides(overrides or [])))

@@ -1,0 +1,129 @@
+"""Local folders and s3:// URIs behind one small API (pyarrow filesystems).
+
+S3 settings come from the standard AWS environment and config, never from code:
+credentials through the AWS default chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
+~/.aws, an instance role), the endpoint of an S3-compatible store through
+AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (or MLFLOW_S3_ENDPOINT_URL, which MLflow
+users already set), the region through AWS_REGION / AWS_DEFAULT_REGION.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+class StorageError(RuntimeError):
+    """A location that cannot be read or written; the message says what to do."""
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def s3_endpoint() -> str | None:
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return None
+
+
+def s3_region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    endpoint = s3_endpoint()
+    kwargs = {"region": s3_region(), "connect_timeout": 5, "request_timeout": 60}
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+        kwargs["allow_bucket_creation"] = True
+        if endpoint.startswith("http://"):
+            kwargs["scheme"] = "http"
+    # Credentials: arrow uses the AWS SDK's default chain (env, ~/.aws, instance role).
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or an s3://bucket/key URI."""
+    uri = str(uri)
+    if is_s3(uri):
+        return s3_filesystem(), uri[len("s3://") :].rstrip("/")
+    if "://" in uri and not uri.startswith("file://"):
+        raise StorageError(f"unsupported storage URI {uri!r}: use a local path or s3://bucket/prefix")
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+
+
+def join(uri: str, *parts: str) -> str:
+    if "://" in str(uri):
+        return "/".join([str(uri).rstrip("/"), *parts])
+    return str(Path(uri, *parts))
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError as e:
+        raise StorageError(f"{uri} does not exist") from e
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file; locally via a temporary name and an atomic rename."""
+    fs, path = filesystem(uri)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:  # an S3 PUT is atomic: readers see the old object or the new one
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """Files below uri (recursively), as URIs of the same kind, sorted."""
+    fs, path = filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    prefix = "s3://" if is_s3(uri) else ""
+    return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
+
+
+def delete_dir(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def check_writable(uri: str) -> None:
+    """Fail at once, with what to do, when uri cannot be written (before any expensive work)."""
+    probe = join(uri, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        fs, path = filesystem(probe)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(b"ok")
+        fs.delete_file(path)
+    except StorageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure here means "not usable", with the cause attached
+        if is_s3(uri):
+            endpoint = s3_endpoint() or "AWS S3 (no AWS_ENDPOINT_URL set)"
+            raise StorageError(
+                f"cannot write to {uri} through {endpoint}: {e}. Check that the S3 service answers "
+                "(for the local mini cluster: infra/local/start.sh), that the bucket exists, and that "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role) grant write access."
+            ) from None
+        raise StorageError(f"cannot write to {uri}: {e}") from None

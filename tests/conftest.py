@@ -1,0 +1,41 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+LSUN_DIR = ROOT.parent / "shared" / "data" / "lsun-bedroom" / "images"
+
+# Tests share 2 cores with Ray workers; keep torch from oversubscribing them.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def lsun_dir() -> Path:
+    if not LSUN_DIR.is_dir():
+        pytest.fail(f"the shared LSUN sample is missing: expected {LSUN_DIR} (see ../shared/data/lsun-bedroom/NOTICE.md)")
+    return LSUN_DIR
+
+
+@pytest.fixture(scope="session")
+def lsun_files(lsun_dir) -> list[Path]:
+    return sorted(lsun_dir.glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 server on 127.0.0.1 for the whole session; see tests/s3server.py."""
+    from tests.s3server import start_s3_server
+
+    server = start_s3_server(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The standard AWS variables pointed at the test S3 server (for this test only)."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server

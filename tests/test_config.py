@@ -1,0 +1,47 @@
+import pytest
+
+from pipelines.config import ConfigError, load_config
+
+
+def test_presets_load_and_overrides_apply():
+    cfg = load_config("configs/demo.yaml", ["train.lr_g=1e-3", "train.discriminator_steps=3", "name=x1"])
+    assert cfg.train.lr_g == 1e-3 and cfg.train.discriminator_steps == 3 and cfg.name == "x1"
+    assert cfg.model.resolution == 32
+    paper = load_config("lsun-bedroom-64")
+    assert (paper.model.resolution, paper.train.batch_size, paper.train.lr_g, paper.train.beta1) == (64, 128, 2e-4, 0.5)
+    assert paper.model.g_width == 128 and paper.scaling.use_gpu
+
+
+def test_defaults_are_the_paper_hyperparameters():
+    cfg = load_config()
+    assert (cfg.train.lr_g, cfg.train.lr_d, cfg.train.beta1, cfg.train.beta2) == (2e-4, 2e-4, 0.5, 0.999)
+    assert (cfg.model.latent_dim, cfg.model.g_width, cfg.model.d_width, cfg.model.resolution) == (100, 64, 64, 64)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=1", r"unknown key 'train.lr' \(allowed in train: .*lr_g"),
+        ("bogus=1", r"unknown key 'bogus'"),
+        ("train.lr_g=-1", r"train.lr_g: .*greater than 0"),
+        ("model.resolution=48", r"model.resolution: .*32, 64 or 128"),
+        ("train.discriminator_steps=0", r"train.discriminator_steps"),
+        ("train.generator_loss=wgan", r"train.generator_loss: .*non_saturating"),
+        ("scaling.num_workers=0", r"scaling.num_workers"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo", [override])
+
+
+def test_malformed_override_and_unknown_preset():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("demo", ["train.lr_g"])
+    with pytest.raises(ConfigError, match="presets: .*demo"):
+        load_config("no-such-preset")
+
+
+def test_flat_view_for_mlflow_params():
+    flat = load_config("smoke").flat()
+    assert flat["train.discriminator_steps"] == 1 and flat["model.resolution"] == 32
