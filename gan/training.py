@@ -93,10 +93,11 @@ class AdversarialStep:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def discriminator_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    def discriminator_step(self, real: torch.Tensor, z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One D update on ``real`` and G(z) (z: fresh noise unless given)."""
         g_bare = unwrap(self.generator)
         real = self._prepare(real)
-        z = self.noise(real.shape[0])
+        z = self.noise(real.shape[0]) if z is None else z.to(self._device)
         with torch.no_grad(), self._autocast():
             fake = g_bare(z)
         self.opt_d.zero_grad(set_to_none=True)

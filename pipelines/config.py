@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -70,8 +70,18 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(3, ge=1)
     resume_from: str | None = Field(None, description="a checkpoint folder (local or s3://) to continue from")
     fail_at_iteration: int | None = Field(
-        None, ge=1, description="fault injection for tests: rank 1 (or 0) exits at this iteration on its first attempt"
+        None, ge=1, description="fault injection for tests: the last rank exits at this iteration on its first attempt"
     )
+
+    @field_validator("mixed_precision", "channels_last", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value, info):
+        # YAML 1.1 reads a bare on/off as a boolean.
+        if value is False:
+            return "off"
+        if value is True:
+            return "bf16" if info.field_name == "mixed_precision" else "on"
+        return value
 
 
 class ScalingConfig(_Section):

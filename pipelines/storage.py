@@ -43,7 +43,15 @@ def s3_filesystem() -> pafs.S3FileSystem:
         kwargs["allow_bucket_creation"] = True
         if endpoint.startswith("http://"):
             kwargs["scheme"] = "http"
-    # Credentials: arrow uses the AWS SDK's default chain (env, ~/.aws, instance role).
+    # Keys present in this process's environment are bound to the filesystem object, so
+    # Ray actors that receive it (checkpoint upload, Ray Data reads) use the same identity
+    # even when their own environment lacks them; otherwise arrow uses the AWS SDK's
+    # default chain on each node (~/.aws, an instance role). The object's repr shows no key.
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
     return pafs.S3FileSystem(**kwargs)
 
 

@@ -39,3 +39,26 @@ def s3_env(s3_server, monkeypatch):
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """A real local Ray cluster for the session. 4 logical CPUs on 2 cores: two 1-CPU
+    training workers plus Ray Data's read tasks must all be schedulable.
+
+    Like a real deployment, the cluster's processes get the S3 endpoint and keys in
+    their environment when they start (here: the session's SeaweedFS server)."""
+    import ray
+
+    saved = {k: os.environ.get(k) for k in s3_server.env()}
+    os.environ.update(s3_server.env())
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

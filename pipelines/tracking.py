@@ -1,0 +1,153 @@
+"""MLflow tracking: where runs go, checking that the service answers, and logging that
+survives failures.
+
+Embedded default: a SQLite file and local artifacts under ``./runs`` (nothing to set
+up). A team server: ``MLFLOW_TRACKING_URI=http://...`` (artifacts in S3 through the
+server, or directly with ``MLFLOW_S3_ENDPOINT_URL``). Only rank 0 of a training run
+logs. Metrics are buffered and committed together with checkpoints, so a run that
+resumes after a failure has no gap and no duplicate in its metric history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
+
+PARAM_VALUE_LIMIT = 6000  # MLflow's limit on one parameter value
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking service does not answer; the message says how to start it."""
+
+
+def _how_to_start(uri: str) -> str:
+    return (
+        f"Start it (for the local mini cluster: infra/local/start.sh, or "
+        f"`mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///runs/mlflow.db`), "
+        f"or unset MLFLOW_TRACKING_URI to track to the embedded SQLite store under ./runs."
+    )
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the URI and how to start the service, if tracking is unusable."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise TrackingUnavailable(f"MLflow tracking server {uri} answered {resp.status} on /health. " + _how_to_start(uri))
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingUnavailable(f"MLflow tracking server {uri} does not answer ({reason}). " + _how_to_start(uri)) from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrackingUnavailable(f"cannot create the MLflow SQLite store {db}: {e}") from None
+
+
+def configure(tracking_uri: str, experiment: str | None = None, check: bool = True) -> str | None:
+    """Point MLflow at tracking_uri (after checking it answers); returns the experiment id."""
+    if check:
+        check_tracking(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    if experiment is None:
+        return None
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(experiment, artifact_location=_artifact_location(tracking_uri, experiment))
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return client.get_experiment_by_name(experiment).experiment_id
+
+
+def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """With the embedded SQLite store, keep artifacts beside it (not in the current folder)."""
+    if tracking_uri.startswith("sqlite:///"):
+        root = Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts" / experiment
+        return root.resolve().as_uri()
+    return None  # the server decides (--default-artifact-root / --artifacts-destination)
+
+
+def params_from_config(flat: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v)[:PARAM_VALUE_LIMIT] for k, v in flat.items()}
+
+
+@contextlib.contextmanager
+def run(tracking_uri: str, experiment: str, run_name: str | None = None, run_id: str | None = None,
+        parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that always ends FINISHED or FAILED (KILLED on Ctrl-C), never RUNNING.
+
+    ``run_id`` continues an existing run (a resumed training); ``parent_run_id`` nests it.
+    """
+    exp_id = configure(tracking_uri, experiment)
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name,
+                              tags=all_tags or None, nested=mlflow.active_run() is not None)
+    try:
+        yield active
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+class MetricBuffer:
+    """Per-iteration metrics held until they can be committed (with a checkpoint).
+
+    ``pending`` is saved inside each checkpoint; :meth:`flush` logs only steps above the
+    highest step MLflow already has for ``marker``, so replaying a buffer after a crash
+    between "checkpoint persisted" and "metrics flushed" never duplicates a point.
+    """
+
+    marker = "loss_d"
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None, pending: list | None = None):
+        self.client = MlflowClient(tracking_uri) if tracking_uri and run_id else None
+        self.run_id = run_id
+        self.pending: list[tuple[str, float, int, int]] = list(pending or [])
+
+    def add(self, step: int, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        self.pending.extend((k, float(v), now, step) for k, v in metrics.items())
+
+    def logged_up_to(self) -> int:
+        if self.client is None:
+            return -1
+        history = self.client.get_metric_history(self.run_id, self.marker)
+        return max((m.step for m in history), default=-1)
+
+    def flush(self) -> int:
+        if self.client is None or not self.pending:
+            self.pending.clear()
+            return 0
+        done = self.logged_up_to()
+        # The marker goes last within each step: once it is logged, its step is complete.
+        ordered = sorted(self.pending, key=lambda m: (m[3], m[0] == self.marker))
+        todo = [Metric(k, v, ts, step) for k, v, ts, step in ordered if step > done]
+        for i in range(0, len(todo), 1000):
+            self.client.log_batch(self.run_id, metrics=todo[i : i + 1000], synchronous=True)
+        self.pending.clear()
+        return len(todo)
+
+
+def log_artifact_file(tracking_uri: str, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+    MlflowClient(tracking_uri).log_artifact(run_id, str(path), artifact_path)
