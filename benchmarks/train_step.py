@@ -22,48 +22,13 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.plain_dcgan import plain_loop  # noqa: E402
 from gan.models import Discriminator, Generator  # noqa: E402
 from gan.training import AdversarialStep, make_optimizers  # noqa: E402
 from pipelines.hardware import step_options  # noqa: E402
-
-
-def plain_loop(device, batch, nz=100):
-    """pytorch/examples dcgan/main.py's iteration, verbatim in spirit."""
-    net_g, net_d = Generator().to(device), Discriminator().to(device)
-    criterion = nn.BCELoss()
-    opt_d = torch.optim.Adam(net_d.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    opt_g = torch.optim.Adam(net_g.parameters(), lr=2e-4, betas=(0.5, 0.999))
-
-    def iteration(real):
-        real = real.to(device)
-        b = real.size(0)
-        # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
-        net_d.zero_grad()
-        label = torch.full((b,), 1.0, device=device)
-        output = torch.sigmoid(net_d(real))
-        err_d_real = criterion(output, label)
-        err_d_real.backward()
-        noise = torch.randn(b, nz, 1, 1, device=device)
-        fake = net_g(noise)
-        label.fill_(0.0)
-        output = torch.sigmoid(net_d(fake.detach()))
-        err_d_fake = criterion(output, label)
-        err_d_fake.backward()
-        opt_d.step()
-        # (2) Update G network: maximize log(D(G(z)))
-        net_g.zero_grad()
-        label.fill_(1.0)
-        output = torch.sigmoid(net_d(fake))
-        err_g = criterion(output, label)
-        err_g.backward()
-        opt_g.step()
-        return err_d_real + err_d_fake, err_g
-
-    return iteration
 
 
 def project_step(device, batch, options):

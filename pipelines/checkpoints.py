@@ -53,8 +53,12 @@ def load_generator(uri: str, device: str | torch.device = "cpu") -> Generator:
     """G in eval mode from ``models:/name@alias``, ``models:/name/3``, ``runs:/id/path``,
     or a checkpoint (folder or .pt file, local or s3://)."""
     if uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
-        import mlflow.pytorch
+        from pipelines.registry import load_eager_generator
 
-        model = mlflow.pytorch.load_model(uri, map_location=torch.device(device))
-        return model.eval()
+        try:
+            return load_eager_generator(uri, device)
+        except FileNotFoundError:  # a model logged elsewhere: take it as MLflow stored it
+            import mlflow.pytorch
+
+            return mlflow.pytorch.load_model(uri, map_location=torch.device(device)).eval()
     return generator_from_state(load_state(uri)).to(device)

@@ -106,7 +106,9 @@ class EvalConfig(_Section):
 class TrackingConfig(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else SQLite under storage")
     experiment: str = "dcgan-lsun-bedroom"
-    registered_model: str = "dcgan-bedroom-generator"
+    registered_model: str | None = Field(
+        None, description="Model Registry name; default dcgan-<dataset>-<resolution>px, one per dataset"
+    )
     register_model: bool = Field(True, description="register the generator in the MLflow Model Registry")
 
 
@@ -127,6 +129,12 @@ class PipelineConfig(_Section):
             return self.data.dataset
         slug = "synthetic" if self.data.source == "synthetic" else _slug(self.data.source)
         return join_uri(self.storage, "datasets", f"{slug}-{self.model.resolution}px")
+
+    @property
+    def registered_model_name(self) -> str:
+        if self.tracking.registered_model:
+            return self.tracking.registered_model
+        return "dcgan-" + self.dataset_uri.rstrip("/").split("/")[-1]
 
     @property
     def checkpoints_uri(self) -> str:

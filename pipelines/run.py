@@ -1,65 +1,155 @@
-"""The main job on the embedded defaults (interim: single-process training on the
-synthetic bedrooms; grows into ingest -> Ray Train -> evaluate -> register)."""
+"""The whole pipeline as one job: ingest -> train -> evaluate + audit -> register.
+
+    python -m pipelines.run --config configs/demo.yaml [key=value ...]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m pipelines.run --config configs/smoke.yaml
+
+One MLflow run per pipeline run, with a nested run per step (ingest, train, evaluate).
+Tracking and storage are checked before any expensive work; a missing service stops
+the job in seconds with a message saying how to start it, and leaves nothing behind.
+"""
 
 from __future__ import annotations
 
 import argparse
-import time
+import json
+import sys
+import tempfile
 from pathlib import Path
 
-import torch
-
-from gan.images import save_grid
-from gan.synthetic import synthetic_bedrooms, to_tensor_images
-from gan.training import AdversarialStep, make_optimizers
-from pipelines.checkpoints import build_networks
-from pipelines.config import load_config
-from pipelines.hardware import step_options
+from pipelines import storage, tracking
+from pipelines.checkpoints import generator_from_state, load_state
+from pipelines.config import ConfigError, PipelineConfig, load_config
+from pipelines.train import checkpoint_uri, git_commit, init_ray, run_training, unique_run_name
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="dcgan run", description=__doc__)
-    ap.add_argument("--config", default="demo")
-    ap.add_argument("overrides", nargs="*", help="key=value, e.g. train.iterations=100")
+def preflight(cfg: PipelineConfig) -> str:
+    """Everything that can fail in seconds, before anything is written."""
+    uri = cfg.tracking_uri()
+    tracking.check_tracking(uri)
+    storage.check_writable(cfg.checkpoints_uri)
+    if not storage.exists(storage.join(cfg.dataset_uri, "manifest.json")):
+        storage.check_writable(cfg.dataset_uri.rstrip("/").rsplit("/", 1)[0])
+    return uri
+
+
+def _log_json(obj: dict, name: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(obj, name)
+
+
+def ingest_step(cfg: PipelineConfig, uri: str, parent_id: str) -> dict:
+    import mlflow
+
+    from pipelines.ingest import ensure_dataset
+
+    with tracking.run(uri, cfg.tracking.experiment, run_name="ingest", parent_run_id=parent_id,
+                      tags={"pipeline_step": "ingest"}):
+        manifest = ensure_dataset(cfg)
+        mlflow.log_params({"source": manifest.get("source", cfg.data.source), "dataset_uri": cfg.dataset_uri})
+        mlflow.log_metrics({"images": manifest["count"], "skipped": len(manifest.get("skipped", [])),
+                            "duplicates": manifest.get("duplicates", 0)})
+        _log_json(manifest, "manifest.json")
+    return manifest
+
+
+def evaluate_step(cfg: PipelineConfig, uri: str, parent_id: str, generator, manifest: dict) -> dict:
+    import mlflow
+
+    from pipelines.evaluate import evaluate_generator
+
+    with tracking.run(uri, cfg.tracking.experiment, run_name="evaluate", parent_run_id=parent_id,
+                      tags={"pipeline_step": "evaluate"}):
+        result = evaluate_generator(generator, cfg.dataset_uri, cfg, manifest=manifest)
+        mlflow.log_metrics(result.metrics)
+        if result.audit is not None:
+            _log_json(result.audit, "audit/report.json")
+        for path in result.images:
+            mlflow.log_artifact(str(path), "evaluation")
+    return result.metrics | ({"audit": result.audit} if result.audit is not None else {})
+
+
+def register_step(cfg: PipelineConfig, generator, manifest: dict, evaluation: dict) -> dict:
+    """Log G to the pipeline run, register a version, and promote it if it is the best."""
+    from pipelines import registry
+
+    info = registry.log_generator(generator)
+    fid_key = next((k for k in evaluation if k.startswith("fid")), None)
+    kid_key = next((k for k in evaluation if k.startswith("kid") and not k.endswith("std")), None)
+    fid = float(evaluation[fid_key]) if fid_key else float("inf")
+    audit = evaluation.get("audit") or {}
+    tags = {registry.FID_TAG: fid, "fid_metric": fid_key or "none", registry.DATASET_TAG: manifest["content_hash"],
+            "kid": evaluation.get(kid_key, "none"), "git_commit": git_commit(),
+            "audit_exact_match_fraction": audit.get("exact_match_fraction", "none"),
+            "resolution": cfg.model.resolution}
+    name = cfg.registered_model_name
+    version = registry.register(info.model_uri, name, tags)
+    promoted, reason = registry.promote_if_better(name, version.version, fid, manifest["content_hash"])
+    print(f"[run] registered {name} version {version.version} (challenger); "
+          f"{'champion: ' if promoted else 'not champion: '}{reason}", flush=True)
+    return {"name": name, "version": version.version, "champion": promoted}
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    import mlflow
+
+    uri = preflight(cfg)
+    init_ray(cfg)
+    tags = {"pipeline_step": "pipeline", "git_commit": git_commit(), "config_name": cfg.name}
+    with tracking.run(uri, cfg.tracking.experiment, run_name=unique_run_name(cfg), tags=tags) as parent:
+        parent_id = parent.info.run_id
+        mlflow.log_params(tracking.params_from_config(cfg.flat()))
+        manifest = ingest_step(cfg, uri, parent_id)
+        mlflow.set_tag("dataset_hash", manifest["content_hash"])
+        train_run_id, result, _ = run_training(cfg, parent_run_id=parent_id)
+        ckpt = checkpoint_uri(result)
+        generator = generator_from_state(load_state(ckpt))
+        evaluation = evaluate_step(cfg, uri, parent_id, generator, manifest) if cfg.eval.final_fid else {}
+        scalar = {k: v for k, v in evaluation.items() if isinstance(v, (int, float))}
+        if scalar:
+            mlflow.log_metrics(scalar)
+        registered = register_step(cfg, generator, manifest, evaluation) if cfg.tracking.register_model else None
+        summary = {"run_id": parent_id, "train_run_id": train_run_id, "checkpoint": ckpt,
+                   "tracking_uri": uri, "experiment": cfg.tracking.experiment, "registered": registered,
+                   "metrics": scalar}
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            mlflow.log_artifact(str(Path(tmp, "summary.json")))
+    return summary
+
+
+def where_to_look(summary: dict) -> str:
+    uri = summary["tracking_uri"]
+    ui = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}")
+    lines = [
+        "", "Done. Where to look:",
+        f"  MLflow:      {ui}   (experiment '{summary['experiment']}', run {summary['run_id']})",
+        f"  checkpoint:  {summary['checkpoint']}",
+    ]
+    if summary.get("registered"):
+        r = summary["registered"]
+        alias = "champion" if r["champion"] else "challenger"
+        lines.append(f"  model:       models:/{r['name']}/{r['version']} (alias {alias})")
+        lines.append(f"  samples:     dcgan generate --model models:/{r['name']}@{alias} -n 64 --out samples.png")
+    for k, v in summary.get("metrics", {}).items():
+        lines.append(f"  {k}: {v:.4g}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dcgan run", description="The whole pipeline: ingest, train, evaluate, register.")
+    ap.add_argument("--config", default="demo", help="a preset name (configs/*.yaml) or a YAML path")
+    ap.add_argument("overrides", nargs="*", help="key=value with dotted keys, e.g. train.iterations=200")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    torch.manual_seed(cfg.train.seed)
-    out = Path(cfg.storage, cfg.name + time.strftime("-%Y%m%d-%H%M%S"))
-    data = to_tensor_images(synthetic_bedrooms(cfg.data.synthetic_images, cfg.model.resolution, cfg.data.synthetic_seed))
-    g, d = build_networks(cfg.model.model_dump())
-    opts = step_options(torch.device("cpu"), cfg.train.mixed_precision, cfg.train.channels_last)
-    if opts["channels_last"]:
-        g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
-    opt_g, opt_d = make_optimizers(g, d, cfg.train.lr_g, cfg.train.lr_d, (cfg.train.beta1, cfg.train.beta2))
-    step = AdversarialStep(g, d, opt_g, opt_d, cfg.model.latent_dim, cfg.train.discriminator_steps,
-                           cfg.train.generator_loss, opts["autocast_dtype"], opts["channels_last"])
-    fixed = torch.randn(64, cfg.model.latent_dim, 1, 1, generator=torch.Generator().manual_seed(1234))
-    b = cfg.train.batch_size
-
-    def batches():
-        while True:
-            perm = torch.randperm(len(data))
-            for i in range(0, len(data) - b + 1, b):
-                yield data[perm[i:i + b]]
-
-    it = batches()
-    start = time.time()
-    for i in range(1, cfg.train.iterations + 1):
-        m = step(it)
-        if i % cfg.train.log_every == 0 or i == cfg.train.iterations:
-            rate = i * b * cfg.train.discriminator_steps / (time.time() - start)
-            eta = (cfg.train.iterations - i) * (time.time() - start) / i
-            print(f"iter {i}/{cfg.train.iterations} loss_d {m['loss_d']:.3f} loss_g {m['loss_g']:.3f} "
-                  f"D(x) {m['d_real']:.2f} D(G(z)) {m['d_fake']:.2f}/{m['d_fake_g']:.2f} {rate:.0f} img/s ETA {eta:.0f}s",
-                  flush=True)
-        if i % cfg.train.checkpoint_every == 0 or i == cfg.train.iterations:
-            g.eval()
-            with torch.no_grad():
-                path = save_grid(g(fixed), out / "samples" / f"iter-{i:06d}.png", nrow=8)
-            g.train()
-    print(f"samples: {path.parent.resolve()}")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        summary = run_pipeline(cfg)
+    except (ConfigError, tracking.TrackingUnavailable, storage.StorageError) as e:
+        print(f"dcgan run: {e}", file=sys.stderr)
+        return 2
+    print(where_to_look(summary))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The generator in the MLflow Model Registry.
+
+Format, chosen deliberately: MLflow 3's ``pt2`` (``torch.export``). It loads back as a
+working module - ``mlflow.pytorch.load_model`` or ``mlflow.pyfunc`` - on a machine
+without this project's source and without unpickling code, with a dynamic batch
+dimension and a signature z (N, latent_dim) float32 -> images (N, 3, R, R) in [-1, 1].
+An exported graph has no submodules to hook, so the model also carries the eager
+state dict and its config (``extra_files/generator_state.pt``): this project's tools
+(``dcgan latent forget`` hooks feature maps) rebuild the ``gan.models.Generator``.
+
+Versions carry tags (FID, KID, dataset hash, audit result, git commit) and aliases:
+every new version is ``challenger``; it becomes ``champion`` only if its FID beats
+the current champion's on the same dataset (or there is no champion yet).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gan.models import Generator
+
+STATE_FILE = "generator_state.pt"
+FID_TAG, DATASET_TAG = "fid", "dataset_hash"
+
+
+def _eager_copy(generator: torch.nn.Module) -> Generator:
+    """A plain Generator (no DDP, no cross-worker batch norm) with the same weights, in eval mode."""
+    g = Generator(resolution=generator.resolution, latent_dim=generator.latent_dim, width=generator.width,
+                  channels=generator.channels)
+    g.load_state_dict(generator.state_dict())
+    return g.eval()
+
+
+def log_generator(generator: torch.nn.Module, name: str = "generator", example_batch: int = 4):
+    """Log G (pt2 + eager state) to the active MLflow run; returns MLflow's ModelInfo."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    g = _eager_copy(generator)
+    z = np.random.default_rng(0).standard_normal((example_batch, g.latent_dim)).astype(np.float32)
+    with torch.no_grad():
+        images = g(torch.from_numpy(z)).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        state_path = Path(tmp, STATE_FILE)
+        torch.save({"state_dict": g.state_dict(), "model": {"resolution": g.resolution, "latent_dim": g.latent_dim,
+                                                             "width": g.width, "channels": g.channels}}, state_path)
+        return mlflow.pytorch.log_model(
+            g, name=name, signature=infer_signature(z, images), input_example=z,
+            serialization_format="pt2", extra_files=[str(state_path)],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )
+
+
+def load_eager_generator(model_uri: str, device: str | torch.device = "cpu") -> Generator:
+    """The eager ``Generator`` of a registered/logged model (for hooks and latent tools)."""
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    found = list(local.rglob(STATE_FILE))
+    if not found:
+        raise FileNotFoundError(f"{model_uri} has no {STATE_FILE}: it was not logged by pipelines.registry.log_generator")
+    blob = torch.load(found[0], map_location="cpu", weights_only=True)
+    g = Generator(**blob["model"])
+    g.load_state_dict(blob["state_dict"])
+    return g.to(device).eval()
+
+
+def register(model_uri: str, name: str, tags: dict[str, Any]) -> Any:
+    """A new version of ``name`` from a logged model, tagged; returns the ModelVersion."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    client = MlflowClient()
+    client.set_registered_model_alias(name, "challenger", version.version)
+    return client.get_model_version(name, version.version)
+
+
+def promote_if_better(name: str, version: str, fid: float, dataset_hash: str) -> tuple[bool, str]:
+    """Give ``version`` the alias ``champion`` if its FID beats the champion's on the same data."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        champion = None
+    if champion is None:
+        reason = "no champion yet"
+    elif champion.tags.get(DATASET_TAG) != dataset_hash:
+        return False, (f"the champion (version {champion.version}) was trained on dataset "
+                       f"{champion.tags.get(DATASET_TAG)}, not {dataset_hash}: FIDs are not comparable, "
+                       "so it stays champion (use a registered model name per dataset)")
+    else:
+        best = float(champion.tags.get(FID_TAG, "inf"))
+        if not (math.isfinite(fid) and fid < best):
+            return False, f"FID {fid:.3f} does not beat the champion's {best:.3f} (version {champion.version})"
+        reason = f"FID {fid:.3f} beats the champion's {best:.3f} (version {champion.version})"
+    client.set_registered_model_alias(name, "champion", version)
+    return True, reason
