@@ -4,6 +4,9 @@
 # and only while they still are what it started. Other Ray clusters, MLflow servers
 # and S3 stores on this machine are left alone (no `ray stop`, which ends every Ray
 # process of the user). Data, logs and credentials stay in the state dir.
+#
+#   infra/local/stop.sh            # everything
+#   infra/local/stop.sh mlflow     # only the named services (ray, mlflow, s3)
 set -euo pipefail
 
 log() { echo "[mini-cluster] $*" >&2; }
@@ -63,8 +66,13 @@ stop_one() {  # name, program in its command line, graceful: leader|group
     rm -f "$file"
 }
 
+if (($#)); then SERVICES=("$@"); else SERVICES=(ray mlflow s3); fi
+for s in "${SERVICES[@]}"; do
+    [[ "$s" =~ ^(ray|mlflow|s3)$ ]] || { log "unknown service '$s' (ray, mlflow, s3)"; exit 2; }
+done
+wanted() { [[ " ${SERVICES[*]} " == *" $1 "* ]]; }
 # Ray first (its jobs talk to MLflow and S3), then MLflow (it writes to S3), then S3.
-stop_one ray "ray start" leader
-stop_one mlflow "mlflow server" group
-stop_one s3 "weed mini" group
-log "stopped (state kept in $STATE_DIR)"
+if wanted ray; then stop_one ray "ray start" leader; fi
+if wanted mlflow; then stop_one mlflow "mlflow server" group; fi
+if wanted s3; then stop_one s3 "weed mini" group; fi
+log "stopped ${SERVICES[*]} (state kept in $STATE_DIR)"
