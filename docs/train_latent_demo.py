@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gan.synthetic import synthetic_bedrooms, to_tensor_images  # noqa: E402
-from gan.training import AdversarialStep, make_optimizers  # noqa: E402
+from gan.training import AdversarialStep, cycle_batches, make_optimizers  # noqa: E402
 from pipelines.checkpoints import build_networks, save_state  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 
@@ -40,21 +40,14 @@ def main(argv=None) -> int:
     opt_g, opt_d = make_optimizers(g, d, cfg.train.lr_g, cfg.train.lr_d, (cfg.train.beta1, cfg.train.beta2))
     step = AdversarialStep(g, d, opt_g, opt_d, cfg.model.latent_dim, cfg.train.discriminator_steps, cfg.train.generator_loss)
     b = cfg.train.batch_size
-
-    def batches():
-        while True:
-            perm = torch.randperm(len(data))
-            for i in range(0, len(data) - b + 1, b):
-                yield data[perm[i:i + b]]
-
-    real = batches()
+    real = (batch for _, batch in cycle_batches(lambda epoch: data[torch.randperm(len(data))].split(b)[: len(data) // b]))
     start = time.time()
     for i in range(1, cfg.train.iterations + 1):
-        m = step(real)
+        metrics = step(real)
         if i % cfg.train.log_every == 0 or i == cfg.train.iterations:
-            elapsed = time.time() - start
-            print(f"iter {i}/{cfg.train.iterations} loss_d {m['loss_d']:.3f} loss_g {m['loss_g']:.3f} "
-                  f"{i / elapsed:.2f} it/s ETA {(cfg.train.iterations - i) * elapsed / i:.0f}s", flush=True)
+            rate = i / (time.time() - start)
+            print(f"iter {i}/{cfg.train.iterations} loss_d {metrics['loss_d']:.3f} loss_g {metrics['loss_g']:.3f} "
+                  f"{rate:.2f} it/s ETA {(cfg.train.iterations - i) / rate:.0f}s", flush=True)
         if i % cfg.train.checkpoint_every == 0 or i == cfg.train.iterations:
             path = save_state(args.out, {
                 "generator": g.state_dict(), "discriminator": d.state_dict(),

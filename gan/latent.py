@@ -17,6 +17,7 @@ dropped by removable forward hooks.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Iterator, Literal, Sequence
 
@@ -106,9 +107,14 @@ def arithmetic(terms: Sequence[tuple[int, torch.Tensor]]) -> torch.Tensor:
     return out
 
 
-def neighbourhood(z: torch.Tensor, count: int, scale: float = 0.25, generator: torch.Generator | None = None) -> torch.Tensor:
+# The paper adds U(-0.25, 0.25) noise to z ~ U(-1, 1), whose std is 1/sqrt(3); the same
+# noise relative to the spread of this project's z ~ N(0, 1) is U(-0.433, 0.433).
+PAPER_NOISE_SCALE = 0.25 * math.sqrt(3)
+
+
+def neighbourhood(z: torch.Tensor, count: int, scale: float = PAPER_NOISE_SCALE, generator: torch.Generator | None = None) -> torch.Tensor:
     """``z`` (D,) and ``count`` neighbours z + U(-scale, scale) noise: (count + 1, D), exact
-    z first. The paper renders the arithmetic result this way (scale 0.25, 8 neighbours)."""
+    z first. The paper renders the arithmetic result this way (8 neighbours)."""
     noise = (torch.rand(count, *z.shape, generator=generator, dtype=z.dtype) * 2 - 1) * scale
     return torch.cat([z[None], z[None] + noise.to(z.device)])
 
@@ -256,6 +262,21 @@ def select_feature_maps(
     name = layer or generator.feature_layers[-1]
     activations, _ = feature_activations(generator, z, name)
     return select_maps_from_activations(activations, masks, threshold, l2, name)
+
+
+@torch.no_grad()
+def change_inside_marks(
+    generator: nn.Module, z: torch.Tensor, masks: torch.Tensor, maps: Sequence[int], layer: str | None = None
+) -> tuple[float, float]:
+    """Mean |image change| from dropping ``maps``, (inside, outside) the marked positions
+    (``masks`` (N, h, w) on the feature grid, scaled up to the image). A selection that
+    found the object's maps changes the inside much more than the outside."""
+    before = generator(z)
+    with feature_maps_dropped(generator, maps, layer):
+        after = generator(z)
+    change = (after - before).abs().mean(1)
+    inside = nn.functional.interpolate(masks[:, None].float(), size=change.shape[-2:], mode="nearest")[:, 0] > 0
+    return (float(change[inside].mean()) if inside.any() else float("nan"), float(change[~inside].mean()))
 
 
 def drop_feature_maps(generator: nn.Module, maps: Sequence[int], layer: str | None = None):

@@ -159,13 +159,21 @@ def log_to_mlflow(files: Sequence[Path], tracking_uri: str, run: str, experiment
     created = run == "new"
     if created:
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=_artifact_root(tracking_uri))
         run = client.create_run(exp_id, run_name=f"latent-{artifact_path.split('/')[-1]}").info.run_id
     for f in files:
         client.log_artifact(run, str(f), artifact_path)
     if created:
         client.set_terminated(run)
     return run
+
+
+def _artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts of a SQLite store go beside its file (MLflow's default is ./mlruns of
+    whatever folder the command ran in); servers choose their own."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
 
 
 # ------------------------------------------------------------------ images
@@ -203,9 +211,20 @@ def hstack(panels: Sequence[Image.Image], separators: Sequence[str], gap: int = 
         canvas.paste(p, (x, (height - p.height) // 2))
         x += p.width
         if i < len(separators):
-            draw.text((x + gap // 2, height // 2), separators[i], fill=(255, 255, 255), font=_font(gap - 6), anchor="mm")
+            draw_operator(draw, separators[i], (x + gap // 2, height // 2), gap)
             x += gap
     return canvas
+
+
+def draw_operator(draw: ImageDraw.ImageDraw, op: str, centre: tuple[int, int], gap: int) -> None:
+    """+, - or = as bars (fonts' glyphs are too thin at these sizes)."""
+    cx, cy = centre
+    half, t = max(3, gap // 4), max(1, gap // 14)
+    bars = {"-": [(0, 0)], "+": [(0, 0)], "=": [(0, -2 * t), (0, 2 * t)]}[op]
+    for dx, dy in bars:
+        draw.rectangle([cx - half + dx, cy + dy - t, cx + half + dx, cy + dy + t], fill=(255, 255, 255))
+    if op == "+":
+        draw.rectangle([cx - t, cy - half, cx + t, cy + half], fill=(255, 255, 255))
 
 
 def vstack(panels: Sequence[Image.Image], gap: int = 6) -> Image.Image:
@@ -335,7 +354,7 @@ def marked_overlay(images: torch.Tensor, boxes_of, masks: torch.Tensor, ids: Seq
         img = upscaled(cell, factor)
         if boxes_of is not None:
             for b in boxes_of(i):
-                ImageDraw.Draw(img).rectangle([v * factor for v in b], outline=(255, 0, 0), width=max(1, factor // 2))
+                ImageDraw.Draw(img).rectangle([b[0] * factor, b[1] * factor, b[2] * factor - 1, b[3] * factor - 1], outline=(255, 0, 0), width=max(1, factor // 2))
         else:
             alpha = Image.fromarray(masks[k].numpy().astype(np.uint8) * 90).resize(img.size, Image.NEAREST)
             img = Image.composite(Image.new("RGB", img.size, (255, 0, 0)), img, alpha)
@@ -361,8 +380,7 @@ def cmd_forget(args, g, sample_z: SampleZ) -> list[Path]:
         selection = latent.select_feature_maps(g, z, masks, args.threshold, args.l2, layer)
     except ValueError as e:
         raise LatentError(str(e)) from None
-    n_maps = probe.shape[1]
-    print(f"logistic regression on {layer} ({n_maps} maps, {selection.positives} positions inside the object, "
+    print(f"logistic regression on {layer} ({probe.shape[1]} maps, {selection.positives} positions inside the object, "
           f"{selection.negatives} outside, balanced accuracy {selection.accuracy:.2f}): "
           f"dropping {len(selection.maps)} maps with weight > {args.threshold}")
     render_ids = parse_ids(args.render) if args.render else [i for i in ids if boxes.get(i, True)][:16]
@@ -371,26 +389,21 @@ def cmd_forget(args, g, sample_z: SampleZ) -> list[Path]:
     with latent.feature_maps_dropped(g, selection.maps, layer):
         after = render(g, render_z)
     per_row = args.nrow or min(8, len(render_ids))
+    # |after - before| as grey (white = a change of half the range) shows where the maps drew.
+    change = ((after - before).abs().mean(1, keepdim=True) * 2).clamp(0, 1).mul(2).sub(1).expand_as(before)
     rows = []
     for i in range(0, len(render_ids), per_row):
-        rows += [before[i:i + per_row], after[i:i + per_row]]
+        rows += [before[i:i + per_row], after[i:i + per_row]] + ([change[i:i + per_row]] if args.difference else [])
     png = args.out / "forget.png"
     upscaled(grid(torch.cat(rows), per_row), args.upscale).save(png)
-    # How much the marked images changed inside the object versus elsewhere.
-    with latent.feature_maps_dropped(g, selection.maps, layer):
-        marked_after = render(g, z)
-    marked_before = render(g, z)
-    change = (marked_after - marked_before).abs().mean(1)  # (N, R, R)
-    pixel_masks = torch.nn.functional.interpolate(masks[:, None].float(), size=g.resolution, mode="nearest")[:, 0] > 0
-    inside = float(change[pixel_masks].mean()) if pixel_masks.any() else float("nan")
-    outside = float(change[~pixel_masks].mean())
+    inside, outside = latent.change_inside_marks(g, z, masks, selection.maps, layer)
     marked_png = args.out / "forget-marked.png"
-    tile(marked_overlay(marked_before, boxes.get if boxes else None, masks, ids, args.upscale), per_row).save(marked_png)
+    tile(marked_overlay(render(g, z), boxes.get if boxes else None, masks, ids, args.upscale), per_row).save(marked_png)
     report = {**selection.as_dict(), "marked_ids": ids, "render_ids": render_ids, "mean_abs_change_inside_marks": inside,
               "mean_abs_change_outside_marks": outside, "l2": args.l2, "z_file": args.z}
     (args.out / "forget.json").write_text(json.dumps(report, indent=2))
     print(f"mean |change| of the marked images: {inside:.3f} inside the marks, {outside:.3f} outside "
-          f"-> {png} (rows: before, after), {marked_png}, forget.json")
+          f"-> {png} (rows: before, after{', difference' if args.difference else ''}), {marked_png}, forget.json")
     return [png, marked_png]
 
 
@@ -424,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("arithmetic", parents=[common], help="concept averages added and subtracted")
     p.add_argument("expression", help="operands are sample-id groups (three per concept in the paper): '2,7,11 - 4,9,13 + 5,6,8'")
     p.add_argument("--neighbours", type=int, default=8, help="noisy samples around the result")
-    p.add_argument("--noise", type=float, default=0.25, help="U(-noise, noise) added to the result for its neighbours")
+    p.add_argument("--noise", type=float, default=round(latent.PAPER_NOISE_SCALE, 3),
+                   help="U(-noise, noise) added to the result for its neighbours (default: the paper's +-0.25 on "
+                        "U(-1, 1) z, rescaled to N(0, 1) z)")
     p.add_argument("--noise-seed", type=int, default=0)
 
     p = sub.add_parser("forget", parents=[common], help="drop the feature maps that draw a marked object")
@@ -436,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="feature layer (default: the second-highest conv layer)")
     p.add_argument("--render", help="sample ids to show before/after (default: the marked ones, up to 16)")
     p.add_argument("--nrow", type=int, help="images per row (default 8)")
+    p.add_argument("--difference", action="store_true", help="add a row of |after - before| under each before/after pair")
     return ap
 
 

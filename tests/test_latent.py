@@ -210,3 +210,21 @@ def test_selection_on_a_generator_finds_the_map_that_draws_the_marked_region():
     assert sel.maps[0] == target
     transposed = latent.select_feature_maps(g, z, masks.transpose(1, 2))
     assert transposed.accuracy < sel.accuracy
+
+
+def test_change_inside_marks_measures_the_image_change_under_the_marks():
+    g = _tiny_generator()
+    z = latent.seeded_z(range(3), g.latent_dim)
+    masks = torch.zeros(3, 16, 16, dtype=torch.bool)
+    masks[:, :8, :4] = True  # feature positions -> image pixels [0:16, 0:8]
+    with torch.no_grad():
+        before = g(z)
+        with latent.feature_maps_dropped(g, [2, 3]):
+            after = g(z)
+    change = (after - before).abs().mean(1)
+    inside, outside = latent.change_inside_marks(g, z, masks, [2, 3])
+    assert inside == pytest.approx(float(change[:, :16, :8].mean()), rel=1e-6)
+    outside_pixels = torch.ones(3, 32, 32, dtype=torch.bool)
+    outside_pixels[:, :16, :8] = False
+    assert outside == pytest.approx(float(change[outside_pixels].mean()), rel=1e-6)
+    assert latent.change_inside_marks(g, z, masks, []) == (0.0, 0.0)
