@@ -17,7 +17,6 @@ import argparse
 import json
 import re
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Sequence
 
@@ -28,11 +27,11 @@ from PIL import Image, ImageDraw, ImageFont
 from gan import latent
 from gan.images import grid
 from gan.models import Generator
-from pipelines.checkpoints import load_generator
+from pipelines import tracking
+from pipelines.checkpoints import MLFLOW_SCHEMES, load_generator
 from pipelines.config import PipelineConfig
 from pipelines.storage import StorageError
 
-MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
 class LatentError(ValueError):
@@ -107,46 +106,24 @@ def load_model(uri: str, tracking_uri: str, device: str) -> Generator:
     try:
         if uri.startswith(MLFLOW_SCHEMES):
             use_tracking(tracking_uri)
-        model = load_generator(uri, device)
+        return load_generator(uri, device)
     except (FileNotFoundError, StorageError) as e:
         raise LatentError(f"no checkpoint at {uri} ({e}): give a checkpoint folder or .pt file, "
-                          "or a registered model such as models:/dcgan-bedroom-generator@champion") from None
-    return as_generator(model, uri).to(device)
-
-
-def as_generator(model: torch.nn.Module, source: str = "the model") -> Generator:
-    """A :class:`Generator` with named blocks to hook. MLflow's default "pt2" format loads
-    as a traced graph whose blocks cannot be hooked; its weights keep their names, so the
-    generator is rebuilt from them (the shapes give resolution, latent size and width)."""
-    if isinstance(model, Generator):
-        return model.eval()
-    state = model.state_dict()
-    ups = sorted(k for k in state if re.fullmatch(r"main\.up\d+\.0\.weight", k))
-    try:
-        latent_dim = state["main.project.0.weight"].shape[0]
-        width, channels = state["main.to_rgb.0.weight"].shape[:2]
-    except KeyError:
-        raise LatentError(f"{source} is not a DCGAN generator of this project (no main.project / main.to_rgb "
-                          f"weights; it has {list(state)[:4]}...): give a generator checkpoint or registered model") from None
-    g = Generator(resolution=4 * 2 ** (len(ups) + 1), latent_dim=latent_dim, width=width, channels=channels)
-    g.load_state_dict(state)
-    return g.eval()
+                          "or a registered model such as models:/dcgan-synthetic-32px@champion") from None
+    except ValueError as e:
+        raise LatentError(str(e)) from None
 
 
 # ------------------------------------------------------------------ MLflow
 def use_tracking(tracking_uri: str):
     """MLflow pointed at ``tracking_uri``; a tracking server that is down is named
     before any work starts, with how to start one."""
-    if tracking_uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=5).read()
-        except OSError as e:
-            raise LatentError(
-                f"the MLflow tracking server {tracking_uri} is not reachable ({e}). Start it, e.g. "
-                "`mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///runs/mlflow.db`, "
-                "or unset MLFLOW_TRACKING_URI to use the local SQLite store under ./runs") from None
     import mlflow
 
+    try:
+        tracking.check_tracking(tracking_uri)
+    except tracking.TrackingUnavailable as e:
+        raise LatentError(str(e)) from None
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow
 
@@ -159,21 +136,13 @@ def log_to_mlflow(files: Sequence[Path], tracking_uri: str, run: str, experiment
     created = run == "new"
     if created:
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=_artifact_root(tracking_uri))
+        exp_id = exp.experiment_id if exp else tracking.configure(tracking_uri, experiment)
         run = client.create_run(exp_id, run_name=f"latent-{artifact_path.split('/')[-1]}").info.run_id
     for f in files:
         client.log_artifact(run, str(f), artifact_path)
     if created:
         client.set_terminated(run)
     return run
-
-
-def _artifact_root(tracking_uri: str) -> str | None:
-    """Artifacts of a SQLite store go beside its file (MLflow's default is ./mlruns of
-    whatever folder the command ran in); servers choose their own."""
-    if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return None
 
 
 # ------------------------------------------------------------------ images

@@ -12,7 +12,8 @@ from gan.images import grid
 from gan.models import Discriminator, Generator
 from pipelines import cli
 from pipelines.checkpoints import load_generator, save_state
-from pipelines.latent import as_generator, parse_expression, parse_ids
+from pipelines.checkpoints import as_generator
+from pipelines.latent import parse_expression, parse_ids
 
 MODEL = {"resolution": 32, "latent_dim": 16, "g_width": 8, "d_width": 8}
 
