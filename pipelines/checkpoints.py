@@ -8,6 +8,7 @@ and the run's config (so a generator can be rebuilt without the original YAML).
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +50,36 @@ def generator_from_state(state: dict[str, Any]) -> Generator:
     return g.eval()
 
 
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
+def as_generator(model: torch.nn.Module, source: str = "the model") -> Generator:
+    """A :class:`Generator` with named blocks to hook, from any module holding its weights.
+
+    MLflow's ``pt2`` format loads as a traced graph whose blocks cannot be hooked; its
+    weights keep their names, so the generator is rebuilt from them (the shapes give
+    resolution, latent size and width)."""
+    if isinstance(model, Generator):
+        return model.eval()
+    state = model.state_dict()
+    ups = [k for k in state if re.fullmatch(r"main\.up\d+\.0\.weight", k)]
+    try:
+        latent_dim = state["main.project.0.weight"].shape[0]
+        width, channels = state["main.to_rgb.0.weight"].shape[:2]
+    except KeyError:
+        raise ValueError(f"{source} is not a DCGAN generator of this project (no main.project / main.to_rgb "
+                         f"weights; it has {list(state)[:4]}...): give a generator checkpoint or registered model") from None
+    g = Generator(resolution=4 * 2 ** (len(ups) + 1), latent_dim=latent_dim, width=width, channels=channels)
+    g.load_state_dict(state)
+    return g.eval()
+
+
 def load_generator(uri: str, device: str | torch.device = "cpu") -> Generator:
     """G in eval mode from ``models:/name@alias``, ``models:/name/3``, ``runs:/id/path``,
     or a checkpoint (folder or .pt file, local or s3://)."""
-    if uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
-        from pipelines.registry import load_eager_generator
+    if uri.startswith(MLFLOW_SCHEMES):
+        import mlflow.pytorch
 
-        try:
-            return load_eager_generator(uri, device)
-        except FileNotFoundError:  # a model logged elsewhere: take it as MLflow stored it
-            import mlflow.pytorch
-
-            return mlflow.pytorch.load_model(uri, map_location=torch.device(device)).eval()
+        model = mlflow.pytorch.load_model(uri, map_location=torch.device(device))
+        return as_generator(model, uri).to(device)
     return generator_from_state(load_state(uri)).to(device)

@@ -206,9 +206,26 @@ def _format_validation_error(err: ValidationError) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
+def nest_dotted(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'train.lr_g': 1e-4} -> {'train': {'lr_g': 1e-4}}; nested values pass through."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"'{key}': '{part}' is a value, not a section")
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]] = deep_merge(node[parts[-1]], value)
+        else:
+            node[parts[-1]] = value
+    return nested
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """['train.lr_g=1e-4', 'name=x'] -> nested dict; values are parsed as YAML scalars."""
-    nested: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value (for example train.lr_g=1e-4)")
@@ -216,15 +233,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
-        value = yaml.safe_load(raw) if raw.strip() else None
-        node = nested
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{part}' is a value, not a section")
-        node[parts[-1]] = value
-    return nested
+        flat[key] = yaml.safe_load(raw) if raw.strip() else None
+    return nest_dotted(flat)
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -4,9 +4,9 @@ Format, chosen deliberately: MLflow 3's ``pt2`` (``torch.export``). It loads bac
 working module - ``mlflow.pytorch.load_model`` or ``mlflow.pyfunc`` - on a machine
 without this project's source and without unpickling code, with a dynamic batch
 dimension and a signature z (N, latent_dim) float32 -> images (N, 3, R, R) in [-1, 1].
-An exported graph has no submodules to hook, so the model also carries the eager
-state dict and its config (``extra_files/generator_state.pt``): this project's tools
-(``dcgan latent forget`` hooks feature maps) rebuild the ``gan.models.Generator``.
+An exported graph has no submodules to hook, but it keeps the weights' names, so this
+project's tools rebuild the hookable ``gan.models.Generator`` from it
+(``pipelines.checkpoints.as_generator``).
 
 Versions carry tags (FID, KID, dataset hash, audit result, git commit) and aliases:
 every new version is ``challenger``; it becomes ``champion`` only if its FID beats
@@ -16,8 +16,6 @@ the current champion's on the same dataset (or there is no champion yet).
 from __future__ import annotations
 
 import math
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +23,6 @@ import torch
 
 from gan.models import Generator
 
-STATE_FILE = "generator_state.pt"
 FID_TAG, DATASET_TAG = "fid", "dataset_hash"
 
 
@@ -38,7 +35,7 @@ def _eager_copy(generator: torch.nn.Module) -> Generator:
 
 
 def log_generator(generator: torch.nn.Module, name: str = "generator", example_batch: int = 4):
-    """Log G (pt2 + eager state) to the active MLflow run; returns MLflow's ModelInfo."""
+    """Log G (pt2) to the active MLflow run; returns MLflow's ModelInfo."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -46,29 +43,10 @@ def log_generator(generator: torch.nn.Module, name: str = "generator", example_b
     z = np.random.default_rng(0).standard_normal((example_batch, g.latent_dim)).astype(np.float32)
     with torch.no_grad():
         images = g(torch.from_numpy(z)).numpy()
-    with tempfile.TemporaryDirectory() as tmp:
-        state_path = Path(tmp, STATE_FILE)
-        torch.save({"state_dict": g.state_dict(), "model": {"resolution": g.resolution, "latent_dim": g.latent_dim,
-                                                             "width": g.width, "channels": g.channels}}, state_path)
-        return mlflow.pytorch.log_model(
-            g, name=name, signature=infer_signature(z, images), input_example=z,
-            serialization_format="pt2", extra_files=[str(state_path)],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        )
-
-
-def load_eager_generator(model_uri: str, device: str | torch.device = "cpu") -> Generator:
-    """The eager ``Generator`` of a registered/logged model (for hooks and latent tools)."""
-    import mlflow
-
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-    found = list(local.rglob(STATE_FILE))
-    if not found:
-        raise FileNotFoundError(f"{model_uri} has no {STATE_FILE}: it was not logged by pipelines.registry.log_generator")
-    blob = torch.load(found[0], map_location="cpu", weights_only=True)
-    g = Generator(**blob["model"])
-    g.load_state_dict(blob["state_dict"])
-    return g.to(device).eval()
+    return mlflow.pytorch.log_model(
+        g, name=name, signature=infer_signature(z, images), input_example=z, serialization_format="pt2",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+    )
 
 
 def register(model_uri: str, name: str, tags: dict[str, Any]) -> Any:

@@ -211,15 +211,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         new_epoch = position.epoch != epoch_seen
         epoch_seen = position.epoch
+        final = iteration == total
         if (cfg.train.sample_every and iteration % cfg.train.sample_every == 0) or (
-            not cfg.train.sample_every and new_epoch) or iteration == total:
+            not cfg.train.sample_every and new_epoch) or final:
             log_grid(iteration)
-        if evaluator is not None and cfg.eval.fid_every and iteration % cfg.eval.fid_every == 0 and iteration != total:
-            scores = evaluator(g_bare, iteration) if rank == 0 else {}
+        # FID (when an evaluator is given) goes out in the same report as a checkpoint, so
+        # every FID a scheduler sees belongs to a checkpoint that can be registered.
+        evaluate = evaluator is not None and cfg.eval.fid_every and (iteration % cfg.eval.fid_every == 0 or final)
+        # Every rank takes part: each generates and embeds its slice of the samples, and the
+        # feature statistics are summed across workers before the FID is computed.
+        scores = evaluator(g_bare, iteration) if evaluate else {}
+        if rank == 0 and scores:
             metrics_buffer.add(iteration, scores)
-            ray.train.report({"iteration": iteration, **scores}, checkpoint=None)
-        if iteration % cfg.train.checkpoint_every == 0 or iteration == total:
-            checkpoint(iteration, last)
+            print(f"[train] iter {iteration} " + " ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
+        if iteration % cfg.train.checkpoint_every == 0 or final or evaluate:
+            checkpoint(iteration, last | scores)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -264,8 +270,13 @@ def git_commit() -> str:
 
 
 def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
-        evaluator: Callable | None = None):
-    """Run the TorchTrainer; returns Ray Train's Result (result.checkpoint: the last one)."""
+        evaluator: Callable | None = None, callbacks: list | None = None, keep_best_by: str | None = None):
+    """Run the TorchTrainer; returns Ray Train's Result (result.checkpoint: the last one).
+
+    ``evaluator(generator, iteration) -> {metric: value}`` runs on every rank every
+    ``eval.fid_every`` iterations (it may use torch.distributed collectives); ``keep_best_by`` keeps the checkpoints with the lowest
+    value of that metric instead of the latest ones (every checkpoint must report it).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -287,7 +298,10 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
         run_config=RunConfig(
             name=run_name, storage_path=path, storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
+                                               checkpoint_score_attribute=keep_best_by,
+                                               checkpoint_score_order="min"),
+            callbacks=callbacks or [],
         ),
         datasets={"train": _quiet(train_dataset(cfg.dataset_uri))},
     )

@@ -1,0 +1,449 @@
+"""`dcgan latent`: the DCGAN paper's latent-space experiments on a trained generator.
+
+    dcgan latent sheet      numbered samples to pick ids from (and to draw boxes on)
+    dcgan latent walk       lerp/slerp walks through z: a grid and an animated GIF
+    dcgan latent arithmetic "2,7,11 - 4,9,13 + 5,6,8": concept averages added and subtracted
+    dcgan latent forget     drop the feature maps that draw a marked object; before/after
+
+A *sample id* is a seed (sample id 12 is always the image of z = randn(seed=12)), or,
+with ``--z FILE`` (.npy or .pt, shape (N, latent_dim)), a row of that file. The model is
+a checkpoint (folder or .pt, local or s3://) or an MLflow URI such as
+``models:/dcgan-bedroom-generator@champion``. The maths lives in :mod:`gan.latent`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from gan import latent
+from gan.images import grid
+from gan.models import Generator
+from pipelines import tracking
+from pipelines.checkpoints import MLFLOW_SCHEMES, load_generator
+from pipelines.config import PipelineConfig
+from pipelines.storage import StorageError
+
+
+
+class LatentError(ValueError):
+    """Bad input to a latent command; the message says what to do."""
+
+
+# ------------------------------------------------------------------- inputs
+def parse_ids(spec: str) -> list[int]:
+    """'3,17,40-43' -> [3, 17, 40, 41, 42, 43]."""
+    ids: list[int] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise LatentError(f"'{part}' in '{spec}' is not a sample id or range: use e.g. 3,17,40-43")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise LatentError(f"range '{part}' runs backwards: write {hi}-{lo}")
+        ids.extend(range(lo, hi + 1))
+    if not ids:
+        raise LatentError(f"no sample ids in '{spec}': use e.g. 3,17,40-43")
+    return ids
+
+
+def parse_expression(expr: str) -> list[tuple[int, list[int]]]:
+    """'2,7,11 - 4,9,13 + 5,6,8' -> [(+1, [2,7,11]), (-1, [4,9,13]), (+1, [5,6,8])].
+    Operators stand alone between spaces (a range like 4-9 is part of an operand)."""
+    tokens = expr.split()
+    if not tokens:
+        raise LatentError("empty expression: write e.g. '2,7,11 - 4,9,13 + 5,6,8'")
+    terms, sign, expect_operand = [], 1, True
+    for tok in tokens:
+        if tok in "+-" and len(tok) == 1:
+            if expect_operand:
+                raise LatentError(f"'{expr}': two operators in a row; put spaces around + and - only between operands")
+            sign, expect_operand = (1 if tok == "+" else -1), True
+        else:
+            if not expect_operand:
+                raise LatentError(f"'{expr}': missing + or - before '{tok}' (operators need spaces around them)")
+            terms.append((sign, parse_ids(tok)))
+            expect_operand = False
+    if expect_operand:
+        raise LatentError(f"'{expr}' ends with an operator")
+    return terms
+
+
+class SampleZ:
+    """Sample id -> z: a seed, or a row of a saved (N, latent_dim) file."""
+
+    def __init__(self, latent_dim: int, z_file: str | None = None):
+        self.latent_dim = latent_dim
+        self.table: torch.Tensor | None = None
+        if z_file:
+            path = Path(z_file)
+            if not path.is_file():
+                raise LatentError(f"--z {z_file}: no such file (a .npy or .pt of shape (N, {latent_dim}))")
+            table = torch.from_numpy(np.load(path)) if path.suffix == ".npy" else torch.load(path, weights_only=True)
+            table = torch.as_tensor(table).float().reshape(len(table), -1)
+            if table.shape[1] != latent_dim:
+                raise LatentError(f"--z {z_file} holds vectors of size {table.shape[1]}, but the generator takes {latent_dim}")
+            self.table = table
+
+    def __call__(self, ids: Sequence[int]) -> torch.Tensor:
+        if self.table is None:
+            return latent.seeded_z(ids, self.latent_dim)
+        bad = [i for i in ids if i >= len(self.table)]
+        if bad:
+            raise LatentError(f"sample ids {bad} are past the end of --z (it has {len(self.table)} rows)")
+        return self.table[list(ids)]
+
+
+def load_model(uri: str, tracking_uri: str, device: str) -> Generator:
+    try:
+        if uri.startswith(MLFLOW_SCHEMES):
+            use_tracking(tracking_uri)
+        return load_generator(uri, device)
+    except (FileNotFoundError, StorageError) as e:
+        raise LatentError(f"no checkpoint at {uri} ({e}): give a checkpoint folder or .pt file, "
+                          "or a registered model such as models:/dcgan-synthetic-32px@champion") from None
+    except ValueError as e:
+        raise LatentError(str(e)) from None
+
+
+# ------------------------------------------------------------------ MLflow
+def use_tracking(tracking_uri: str):
+    """MLflow pointed at ``tracking_uri``; a tracking server that is down is named
+    before any work starts, with how to start one."""
+    import mlflow
+
+    try:
+        tracking.check_tracking(tracking_uri)
+    except tracking.TrackingUnavailable as e:
+        raise LatentError(str(e)) from None
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow
+
+
+def log_to_mlflow(files: Sequence[Path], tracking_uri: str, run: str, experiment: str, artifact_path: str) -> str:
+    """Log ``files`` as artifacts of run ``run`` (an id, or 'new' for a fresh run in
+    ``experiment``); returns the run id."""
+    mlflow = use_tracking(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    created = run == "new"
+    if created:
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else tracking.configure(tracking_uri, experiment)
+        run = client.create_run(exp_id, run_name=f"latent-{artifact_path.split('/')[-1]}").info.run_id
+    for f in files:
+        client.log_artifact(run, str(f), artifact_path)
+    if created:
+        client.set_terminated(run)
+    return run
+
+
+# ------------------------------------------------------------------ images
+@torch.no_grad()
+def render(generator: torch.nn.Module, z: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    device = next(generator.parameters()).device
+    return torch.cat([generator(z[i:i + batch].to(device)).float().cpu() for i in range(0, len(z), batch)])
+
+
+def upscaled(array: np.ndarray, factor: int) -> Image.Image:
+    img = Image.fromarray(array)
+    return img if factor == 1 else img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+
+
+def _font(size: int):
+    return ImageFont.load_default(size=size)
+
+
+def label(img: Image.Image, text: str, xy=(2, 1), size: int = 12) -> Image.Image:
+    draw = ImageDraw.Draw(img)
+    box = draw.textbbox(xy, text, font=_font(size))
+    draw.rectangle(box, fill=(0, 0, 0))
+    draw.text(xy, text, fill=(255, 255, 255), font=_font(size))
+    return img
+
+
+def hstack(panels: Sequence[Image.Image], separators: Sequence[str], gap: int = 28) -> Image.Image:
+    """Panels side by side, vertically centred, with a symbol in each gap."""
+    height = max(p.height for p in panels)
+    width = sum(p.width for p in panels) + gap * (len(panels) - 1)
+    canvas = Image.new("RGB", (width, height), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for i, p in enumerate(panels):
+        canvas.paste(p, (x, (height - p.height) // 2))
+        x += p.width
+        if i < len(separators):
+            draw_operator(draw, separators[i], (x + gap // 2, height // 2), gap)
+            x += gap
+    return canvas
+
+
+def draw_operator(draw: ImageDraw.ImageDraw, op: str, centre: tuple[int, int], gap: int) -> None:
+    """+, - or = as bars (fonts' glyphs are too thin at these sizes)."""
+    cx, cy = centre
+    half, t = max(3, gap // 4), max(1, gap // 14)
+    bars = {"-": [(0, 0)], "+": [(0, 0)], "=": [(0, -2 * t), (0, 2 * t)]}[op]
+    for dx, dy in bars:
+        draw.rectangle([cx - half + dx, cy + dy - t, cx + half + dx, cy + dy + t], fill=(255, 255, 255))
+    if op == "+":
+        draw.rectangle([cx - t, cy - half, cx + t, cy + half], fill=(255, 255, 255))
+
+
+def vstack(panels: Sequence[Image.Image], gap: int = 6) -> Image.Image:
+    width = max(p.width for p in panels)
+    canvas = Image.new("RGB", (width, sum(p.height for p in panels) + gap * (len(panels) - 1)), (0, 0, 0))
+    y = 0
+    for p in panels:
+        canvas.paste(p, ((width - p.width) // 2, y))
+        y += p.height + gap
+    return canvas
+
+
+# ---------------------------------------------------------------- commands
+def cmd_sheet(args, g, sample_z: SampleZ) -> list[Path]:
+    ids = parse_ids(args.ids)
+    images = render(g, sample_z(ids))
+    nrow = args.nrow or int(np.ceil(np.sqrt(len(ids))))
+    cell = (g.resolution + 2) * args.upscale
+    sheet = upscaled(grid(images, nrow), args.upscale)
+    for k, i in enumerate(ids):
+        label(sheet, str(i), xy=((k % nrow) * cell + 2 * args.upscale + 1, (k // nrow) * cell + 2 * args.upscale), size=max(10, 3 * args.upscale))
+    files = [args.out / "sheet.png"]
+    sheet.save(files[0])
+    singles = args.out / "samples"
+    singles.mkdir(exist_ok=True)
+    for i, img in zip(ids, grid_cells(images)):
+        upscaled(img, args.upscale).save(singles / f"{i}.png")
+    print(f"sheet of {len(ids)} samples ({args.upscale}x): {files[0]}; one PNG per sample id in {singles}/ "
+          f"to draw boxes on (give \"image_size\": {g.resolution * args.upscale} in boxes.json)")
+    return files
+
+
+def grid_cells(images: torch.Tensor) -> list[np.ndarray]:
+    return [grid(images[i:i + 1], 1, padding=0) for i in range(len(images))]
+
+
+def cmd_walk(args, g, sample_z: SampleZ) -> list[Path]:
+    ids = parse_ids(args.ids) if args.ids else list(range(len(sample_z.table) if sample_z.table is not None else 0))
+    if len(ids) < 2:
+        raise LatentError("a walk needs at least 2 keypoints: --ids 3,17,42 (seeds), or --z FILE with 2+ rows")
+    if args.loop:
+        ids = ids + ids[:1]
+    path = latent.walk(sample_z(ids), args.steps, args.method)  # (segments, steps, D)
+    flat = render(g, path.reshape(-1, path.shape[-1]))
+    images = flat.reshape(*path.shape[:2], *flat.shape[1:])
+    png, gif, znpy = args.out / "walk.png", args.out / "walk.gif", args.out / "walk-z.npy"
+    upscaled(grid(images.flatten(0, 1), nrow=args.steps), args.upscale).save(png)
+    # Segments share their joints; the GIF shows each joint once.
+    frames = torch.cat([images[0], *[seg[1:] for seg in images[1:]]])
+    frame_images = [upscaled(cell, args.upscale) for cell in grid_cells(frames)]
+    frame_images[0].save(gif, save_all=True, append_images=frame_images[1:], duration=int(1000 / args.fps), loop=0)
+    np.save(znpy, path.numpy())
+    print(f"{args.method} walk through {ids}: {len(path)} segments x {args.steps} steps -> {png}, {gif} ({len(frames)} frames)")
+    return [png, gif]
+
+
+def cmd_arithmetic(args, g, sample_z: SampleZ) -> list[Path]:
+    terms = parse_expression(args.expression)
+    groups = [(sign, sample_z(ids)) for sign, ids in terms]
+    result = latent.arithmetic(groups)
+    query = latent.neighbourhood(result, args.neighbours, args.noise, torch.Generator().manual_seed(args.noise_seed))
+    panels = []
+    for sign, z in groups:
+        # a concept: its exemplars in a column, their average z below
+        imgs = render(g, torch.cat([z, latent.concept_vector(z)[None]]))
+        panels.append(upscaled(np.asarray(vstack([Image.fromarray(grid(imgs[:-1], 1)), Image.fromarray(grid(imgs[-1:], 1))])), args.upscale))
+    out_imgs = render(g, query)
+    # The exact result sits in the middle of its noisy neighbours (the paper's Fig. 7).
+    side = int(np.ceil(np.sqrt(len(query))))
+    order = list(range(1, len(query)))
+    order.insert(min(len(order), (side * side) // 2), 0)
+    panels.append(upscaled(grid(out_imgs[order], side), args.upscale))
+    separators = ["+" if s > 0 else "-" for s, _ in terms[1:]] + ["="]
+    if terms[0][0] < 0:
+        panels.insert(0, Image.new("RGB", (1, 1)))
+        separators.insert(0, "-")
+    png = args.out / "arithmetic.png"
+    hstack(panels, separators, gap=10 * args.upscale).save(png)
+    np.save(args.out / "arithmetic-z.npy", query.numpy())
+    (args.out / "arithmetic.json").write_text(json.dumps({
+        "expression": args.expression, "terms": [{"sign": s, "ids": ids} for s, ids in terms],
+        "noise": args.noise, "neighbours": args.neighbours, "z_file": args.z}, indent=2))
+    print(f"{args.expression} -> {png} (result in the middle, {args.neighbours} neighbours with U(+-{args.noise}) noise)")
+    return [png]
+
+
+def read_marks(args, resolution: int, feature_size: int) -> tuple[list[int], torch.Tensor, dict[int, list]]:
+    """(sample ids, feature-grid masks (N, h, w), pixel boxes per id in generated-image pixels)."""
+    if bool(args.boxes) == bool(args.masks):
+        raise LatentError("mark the object with exactly one of --boxes boxes.json or --masks FOLDER")
+    boxes: dict[int, list] = {}
+    if args.boxes:
+        try:
+            data = json.loads(Path(args.boxes).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise LatentError(f"--boxes {args.boxes}: cannot read it as JSON ({e})") from None
+        marks = data.get("boxes", data) if isinstance(data, dict) else None
+        if not isinstance(marks, dict) or not marks:
+            raise LatentError(f"--boxes {args.boxes}: expected {{\"boxes\": {{\"<sample id>\": [[x0, y0, x1, y1], ...]}}}}")
+        scale = resolution / float(data.get("image_size", resolution))
+        try:
+            boxes = {int(k): [[float(v) * scale for v in b] for b in v] for k, v in marks.items() if k != "image_size"}
+        except (TypeError, ValueError) as e:
+            raise LatentError(f"--boxes {args.boxes}: keys must be sample ids and values lists of [x0, y0, x1, y1] ({e})") from None
+        ids = sorted(boxes)
+        try:
+            masks = torch.stack([latent.boxes_to_mask(boxes[i], resolution, feature_size) for i in ids])
+        except ValueError as e:
+            raise LatentError(f"--boxes {args.boxes}: {e}") from None
+    else:
+        folder = Path(args.masks)
+        files = sorted(folder.glob("*.png"), key=lambda p: p.stem)
+        files = [f for f in files if f.stem.isdigit()]
+        if not files:
+            raise LatentError(f"--masks {folder}: no <sample id>.png files (white = object) found")
+        ids = [int(f.stem) for f in files]
+        masks = torch.stack([
+            latent.pixel_mask_to_features(torch.from_numpy(np.asarray(Image.open(f).convert("L")) > 127), feature_size)
+            for f in files])
+    return ids, masks, boxes
+
+
+def marked_overlay(images: torch.Tensor, boxes_of, masks: torch.Tensor, ids: Sequence[int], factor: int) -> list[Image.Image]:
+    """The marked images with their boxes drawn in red (or, for masks, tinted red)."""
+    out = []
+    for k, (i, cell) in enumerate(zip(ids, grid_cells(images))):
+        img = upscaled(cell, factor)
+        if boxes_of is not None:
+            for b in boxes_of(i):
+                ImageDraw.Draw(img).rectangle([b[0] * factor, b[1] * factor, b[2] * factor - 1, b[3] * factor - 1], outline=(255, 0, 0), width=max(1, factor // 2))
+        else:
+            alpha = Image.fromarray(masks[k].numpy().astype(np.uint8) * 90).resize(img.size, Image.NEAREST)
+            img = Image.composite(Image.new("RGB", img.size, (255, 0, 0)), img, alpha)
+        out.append(img)
+    return out
+
+
+def tile(cells: Sequence[Image.Image], nrow: int, padding: int = 2) -> Image.Image:
+    w, h = cells[0].size
+    rows = (len(cells) + nrow - 1) // nrow
+    canvas = Image.new("RGB", (nrow * (w + padding) + padding, rows * (h + padding) + padding), (0, 0, 0))
+    for k, c in enumerate(cells):
+        canvas.paste(c, (padding + (k % nrow) * (w + padding), padding + (k // nrow) * (h + padding)))
+    return canvas
+
+
+def cmd_forget(args, g, sample_z: SampleZ) -> list[Path]:
+    layer = args.layer or g.feature_layers[-1]
+    probe, _ = latent.feature_activations(g, sample_z([0]), layer)
+    ids, masks, boxes = read_marks(args, g.resolution, probe.shape[-1])
+    z = sample_z(ids)
+    try:
+        selection = latent.select_feature_maps(g, z, masks, args.threshold, args.l2, layer)
+    except ValueError as e:
+        raise LatentError(str(e)) from None
+    print(f"logistic regression on {layer} ({probe.shape[1]} maps, {selection.positives} positions inside the object, "
+          f"{selection.negatives} outside, balanced accuracy {selection.accuracy:.2f}): "
+          f"dropping {len(selection.maps)} maps with weight > {args.threshold}")
+    render_ids = parse_ids(args.render) if args.render else [i for i in ids if boxes.get(i, True)][:16]
+    render_z = sample_z(render_ids)
+    before = render(g, render_z)
+    with latent.feature_maps_dropped(g, selection.maps, layer):
+        after = render(g, render_z)
+    per_row = args.nrow or min(8, len(render_ids))
+    # |after - before| as grey (white = a change of half the range) shows where the maps drew.
+    change = ((after - before).abs().mean(1, keepdim=True) * 2).clamp(0, 1).mul(2).sub(1).expand_as(before)
+    rows = []
+    for i in range(0, len(render_ids), per_row):
+        rows += [before[i:i + per_row], after[i:i + per_row]] + ([change[i:i + per_row]] if args.difference else [])
+    png = args.out / "forget.png"
+    upscaled(grid(torch.cat(rows), per_row), args.upscale).save(png)
+    inside, outside = latent.change_inside_marks(g, z, masks, selection.maps, layer)
+    marked_png = args.out / "forget-marked.png"
+    tile(marked_overlay(render(g, z), boxes.get if boxes else None, masks, ids, args.upscale), per_row).save(marked_png)
+    report = {**selection.as_dict(), "marked_ids": ids, "render_ids": render_ids, "mean_abs_change_inside_marks": inside,
+              "mean_abs_change_outside_marks": outside, "l2": args.l2, "z_file": args.z}
+    (args.out / "forget.json").write_text(json.dumps(report, indent=2))
+    print(f"mean |change| of the marked images: {inside:.3f} inside the marks, {outside:.3f} outside "
+          f"-> {png} (rows: before, after{', difference' if args.difference else ''}), {marked_png}, forget.json")
+    return [png, marked_png]
+
+
+COMMANDS = {"sheet": cmd_sheet, "walk": cmd_walk, "arithmetic": cmd_arithmetic, "forget": cmd_forget}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", required=True, help="checkpoint folder/.pt (local or s3://) or models:/<name>@<alias>")
+    common.add_argument("--out", type=Path, help="folder for the images (default runs/latent/<command>)")
+    common.add_argument("--z", help="a .npy/.pt file of z vectors (N, latent_dim): sample ids become its rows, not seeds")
+    common.add_argument("--upscale", type=int, default=1, help="nearest-neighbour zoom of the saved images (e.g. 4 for 32x32 models)")
+    common.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    common.add_argument("--mlflow-run", help="log the images to this MLflow run id ('new': a fresh run in --experiment)")
+    common.add_argument("--experiment", default=PipelineConfig().tracking.experiment, help="experiment for --mlflow-run new")
+    common.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the SQLite store under ./runs")
+
+    ap = argparse.ArgumentParser(prog="dcgan latent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("sheet", parents=[common], help="numbered samples to choose ids from")
+    p.add_argument("--ids", default="0-63", help="sample ids to show, e.g. 0-63")
+    p.add_argument("--nrow", type=int, help="images per row")
+
+    p = sub.add_parser("walk", parents=[common], help="interpolate through z: grid + GIF")
+    p.add_argument("--ids", help="keypoints, e.g. 3,17,42 (default with --z: all its rows)")
+    p.add_argument("--steps", type=int, default=9, help="images per segment, endpoints included")
+    p.add_argument("--method", choices=["slerp", "lerp"], default="slerp")
+    p.add_argument("--loop", action="store_true", help="walk back to the first keypoint")
+    p.add_argument("--fps", type=float, default=8.0)
+
+    p = sub.add_parser("arithmetic", parents=[common], help="concept averages added and subtracted")
+    p.add_argument("expression", help="operands are sample-id groups (three per concept in the paper): '2,7,11 - 4,9,13 + 5,6,8'")
+    p.add_argument("--neighbours", type=int, default=8, help="noisy samples around the result")
+    p.add_argument("--noise", type=float, default=round(latent.PAPER_NOISE_SCALE, 3),
+                   help="U(-noise, noise) added to the result for its neighbours (default: the paper's +-0.25 on "
+                        "U(-1, 1) z, rescaled to N(0, 1) z)")
+    p.add_argument("--noise-seed", type=int, default=0)
+
+    p = sub.add_parser("forget", parents=[common], help="drop the feature maps that draw a marked object")
+    p.add_argument("--boxes", help='JSON {"image_size": 32, "boxes": {"<sample id>": [[x0, y0, x1, y1], ...]}}; '
+                                   "[] marks an image without the object")
+    p.add_argument("--masks", help="folder of <sample id>.png masks, white = object")
+    p.add_argument("--threshold", type=float, default=0.0, help="drop maps whose (standardized) weight is above this")
+    p.add_argument("--l2", type=float, default=1e-3, help="L2 penalty of the logistic regression")
+    p.add_argument("--layer", help="feature layer (default: the second-highest conv layer)")
+    p.add_argument("--render", help="sample ids to show before/after (default: the marked ones, up to 16)")
+    p.add_argument("--nrow", type=int, help="images per row (default 8)")
+    p.add_argument("--difference", action="store_true", help="add a row of |after - before| under each before/after pair")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    tracking_uri = args.tracking_uri or PipelineConfig().tracking_uri()
+    try:
+        if args.upscale < 1:
+            raise LatentError(f"--upscale must be >= 1, got {args.upscale}")
+        if args.mlflow_run:
+            use_tracking(tracking_uri)  # a server that is down fails here, before any work
+        args.out = args.out or Path("runs", "latent", args.command)
+        args.out.mkdir(parents=True, exist_ok=True)
+        g = load_model(args.model, tracking_uri, args.device)
+        files = COMMANDS[args.command](args, g, SampleZ(g.latent_dim, args.z))
+        if args.mlflow_run:
+            run_id = log_to_mlflow(files, tracking_uri, args.mlflow_run, args.experiment, f"latent/{args.command}")
+            print(f"logged {len(files)} images to MLflow run {run_id} ({tracking_uri}) under latent/{args.command}/")
+    except LatentError as e:
+        print(f"dcgan latent {args.command}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""Ray Tune sweeps over learning rates and k, stopped early on FID, the winner registered.
+
+    python -m tune.sweep --config configs/sweep-demo.yaml [key=value ...]
+    python -m tune.sweep --resume runs/sweeps/<sweep run>       # continue an interrupted sweep
+    ray job submit --working-dir . -- python -m tune.sweep --config configs/sweep-demo.yaml
+
+Each trial is a multi-worker ``TorchTrainer`` run of ``pipelines.train``. Ray 2.60 runs
+Train V2, where ``Tuner(TorchTrainer)`` is refused: the supported way, used here, is a
+Tune *function* trainable (:func:`run_trial`) that builds and fits the TorchTrainer
+itself, with ``TuneReportCallback`` forwarding what rank 0 reports (FID every
+``eval.fid_every`` iterations, together with a checkpoint) to Tune, where ASHA stops
+bad trials early. The trial's Ray Train run is named after the trial, so a trial that
+restarts (a restored sweep) resumes from its own last checkpoint.
+
+MLflow: a parent run for the sweep, a nested run per trial (config, FID curve, losses,
+samples), the table of trials and a plot of FID against the learning rates per k as
+artifacts; the best trial's generator is registered, ``champion`` only if it beats the
+current one on the same dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines import storage, tracking
+from pipelines.config import ConfigError, PipelineConfig
+from tune.config import SweepConfig, load_sweep
+
+STATE_FILE = "sweep.json"
+
+
+def search_space(sweep: SweepConfig) -> dict[str, Any]:
+    from ray import tune
+
+    space = {}
+    for key, spec in sweep.search.items():
+        kind, args = next(iter(spec.items()))
+        space[key] = {
+            "loguniform": lambda a: tune.loguniform(*a),
+            "uniform": lambda a: tune.uniform(*a),
+            "randint": lambda a: tune.randint(a[0], a[1] + 1),
+            "choice": tune.choice,
+            "grid": tune.grid_search,
+        }[kind](args)
+    return space
+
+
+def metric_name(cfg: PipelineConfig, metric: str) -> str:
+    from pipelines.evaluate import metric_key
+
+    return metric_key(metric, cfg.eval.fid_samples)
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """One Tune trial: an MLflow child run around a multi-worker TorchTrainer."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.train import fit, make_evaluator
+
+    ctx = config["context"]
+    sweep = SweepConfig.model_validate(ctx["sweep"])
+    cfg = sweep.trial_config(config["params"])
+    trial_id = tune.get_context().get_trial_id()
+    uri, parent = ctx["tracking_uri"], ctx["parent_run_id"]
+    client = MlflowClient(uri)
+    previous = client.search_runs([ctx["experiment_id"]],
+                                  f"tags.trial_id = '{trial_id}' and tags.sweep_run_id = '{parent}'")
+    run_id = previous[0].info.run_id if previous else None
+    tags = {"trial_id": trial_id, "sweep_run_id": parent, "pipeline_step": "trial"}
+    with tracking.run(uri, cfg.tracking.experiment, run_name=f"trial-{trial_id}", run_id=run_id,
+                      parent_run_id=parent, tags=tags) as active:
+        import mlflow
+
+        if run_id is None:
+            mlflow.log_params(tracking.params_from_config(cfg.flat()))
+            mlflow.log_params({f"search.{k}": v for k, v in config["params"].items()})
+        result = fit(cfg, run_name=f"{ctx['sweep_run_name']}-{trial_id}", tracking_uri=uri,
+                     mlflow_run_id=active.info.run_id, evaluator=make_evaluator(cfg, ctx["manifest"]),
+                     callbacks=[TuneReportCallback()])
+        if result.error:
+            raise result.error
+
+
+def _trial_table(results, metric: str, search_keys: list[str]):
+    df = results.get_dataframe(filter_metric=metric, filter_mode="min")
+    keep = ["trial_id", "iteration", metric, "checkpoint_path"] + [f"config/params/{k}" for k in search_keys]
+    df = df[[c for c in keep if c in df.columns]].rename(columns={f"config/params/{k}": k for k in search_keys})
+    return df.sort_values(metric)
+
+
+def _plot(df, metric: str, path: Path) -> Path:
+    """Best FID of each trial against lr_g and lr_d, one colour per k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k_key = "train.discriminator_steps"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, lr in zip(axes, ("train.lr_g", "train.lr_d")):
+        if lr not in df:
+            ax.set_visible(False)
+            continue
+        groups = df.groupby(k_key) if k_key in df else [("fixed", df)]
+        for k, part in groups:
+            ax.scatter(part[lr], part[metric], label=f"k={k}", s=40)
+        ax.set_xscale("log")
+        ax.set_xlabel(lr)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"best {metric} (lower is better)")
+    axes[0].legend(title="discriminator steps")
+    fig.suptitle("Sweep: best FID per trial")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _cpus_needed(sweep: SweepConfig, base: PipelineConfig) -> int:
+    per_trial = base.scaling.num_workers * base.scaling.cpus_per_worker + 1  # + Ray Data's reads
+    return int(sweep.max_concurrent_trials * per_trial + 0.999)
+
+
+def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str, Any]:
+    import mlflow
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from pipelines import registry
+    from pipelines.checkpoints import generator_from_state, load_state
+    from pipelines.evaluate import reference_stats
+    from pipelines.ingest import ensure_dataset
+    from pipelines.train import git_commit, init_ray, unique_run_name
+
+    if resume:
+        state = json.loads(storage.read_bytes(storage.join(resume, STATE_FILE)))
+        sweep = SweepConfig.model_validate(state["sweep"])
+    base = sweep.check()
+    uri = base.tracking_uri()
+    tracking.check_tracking(uri)
+    experiment_id = tracking.configure(uri, base.tracking.experiment)
+    if resume:
+        sweep_dir, sweep_run_name, parent_id = resume, state["sweep_run_name"], state["parent_run_id"]
+    else:
+        sweep_run_name = unique_run_name(base.model_copy(update={"name": sweep.name}))
+        sweep_dir = storage.join(base.storage, "sweeps", sweep_run_name)
+        storage.check_writable(sweep_dir)
+    if not ray.is_initialized():
+        scaled = base.model_copy(update={"scaling": base.scaling.model_copy(
+            update={"num_workers": 1, "cpus_per_worker": float(_cpus_needed(sweep, base) - 1)})})
+        init_ray(scaled)
+
+    t0 = time.time()
+    manifest = ensure_dataset(base)
+    reference_stats(base.dataset_uri, manifest, base)  # once, cached beside the dataset, before trials race for it
+    prep_s = time.time() - t0
+
+    with tracking.run(uri, base.tracking.experiment, run_name=sweep_run_name, run_id=parent_id if resume else None,
+                      tags={"pipeline_step": "sweep", "git_commit": git_commit(), "dataset_hash": manifest["content_hash"]}) as parent:
+        parent_id = parent.info.run_id
+        if not resume:
+            mlflow.log_params({"sweep." + k: json.dumps(v) for k, v in sweep.model_dump().items() if k != "search"})
+            mlflow.log_dict(sweep.model_dump(), "sweep_config.json")
+            storage.write_bytes(storage.join(sweep_dir, STATE_FILE), json.dumps({
+                "sweep": sweep.model_dump(), "sweep_run_name": sweep_run_name, "parent_run_id": parent_id}).encode())
+        metric = metric_name(base, sweep.metric)
+        trainable = tune.with_resources(run_trial, {"CPU": 0})
+        fs, path = storage.filesystem(sweep_dir)
+        if resume and tune.Tuner.can_restore(storage.join(sweep_dir, "tune"), storage_filesystem=fs):
+            tuner = tune.Tuner.restore(f"{path}/tune", trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True, storage_filesystem=fs)
+        else:
+            scheduler = None
+            if sweep.asha:
+                scheduler = ASHAScheduler(time_attr="iteration", max_t=base.train.iterations,
+                                          grace_period=sweep.asha.grace_period * base.eval.fid_every,
+                                          reduction_factor=sweep.asha.reduction_factor)
+            search_alg = None
+            if sweep.searcher == "optuna":
+                try:
+                    from ray.tune.search.optuna import OptunaSearch
+                except ImportError as e:
+                    raise ConfigError("searcher: optuna needs the optuna package: pip install optuna") from e
+                search_alg = OptunaSearch(seed=sweep.seed)
+            context = {"sweep": sweep.model_dump(), "tracking_uri": uri, "experiment_id": experiment_id,
+                       "parent_run_id": parent_id, "sweep_run_name": sweep_run_name, "manifest": manifest}
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"params": search_space(sweep), "context": context},
+                tune_config=tune.TuneConfig(metric=metric, mode="min", scheduler=scheduler, search_alg=search_alg,
+                                            num_samples=sweep.num_samples,
+                                            max_concurrent_trials=sweep.max_concurrent_trials),
+                run_config=tune.RunConfig(name="tune", storage_path=path, storage_filesystem=fs),
+            )
+        t1 = time.time()
+        results = tuner.fit()
+        sweep_s = time.time() - t1
+
+        df = _trial_table(results, metric, list(sweep.search))
+        stopped_early = int((df["iteration"] < base.train.iterations).sum()) if "iteration" in df else 0
+        mlflow.log_metrics({"trials": len(df), "trials_stopped_early": stopped_early,
+                            "prepare_seconds": prep_s, "tune_seconds": sweep_s})
+        with tempfile.TemporaryDirectory() as tmp:
+            df.to_csv(Path(tmp, "trials.csv"), index=False)
+            mlflow.log_artifact(str(Path(tmp, "trials.csv")))
+            mlflow.log_artifact(str(_plot(df, metric, Path(tmp, "fid_vs_learning_rates.png"))))
+        errors = [r.error for r in results if r.error]
+        if len(errors) == len(df) or df.empty:
+            raise RuntimeError(f"every trial failed; first error: {errors[0] if errors else 'no result'}")
+        best = df.iloc[0]
+        best_fid = float(best[metric])
+        mlflow.log_metric(f"best_{metric}", best_fid)
+        generator = generator_from_state(load_state(_checkpoint_uri(best["checkpoint_path"], sweep_dir)))
+        info = registry.log_generator(generator)
+        tags = {registry.FID_TAG: best_fid, "fid_metric": metric, registry.DATASET_TAG: manifest["content_hash"],
+                "git_commit": git_commit(), "sweep_run_id": parent_id, "trial_id": best["trial_id"],
+                **{k: best[k] for k in sweep.search if k in best}}
+        version = registry.register(info.model_uri, base.registered_model_name, tags)
+        promoted, reason = registry.promote_if_better(base.registered_model_name, version.version, best_fid,
+                                                      manifest["content_hash"])
+    return {"sweep_dir": sweep_dir, "parent_run_id": parent_id, "best_trial": best["trial_id"], "best_fid": best_fid,
+            "model": f"models:/{base.registered_model_name}/{version.version}", "champion": promoted,
+            "reason": reason, "trials": len(df), "stopped_early": stopped_early,
+            "prepare_seconds": round(prep_s, 1), "tune_seconds": round(sweep_s, 1)}
+
+
+def _checkpoint_uri(path: str, sweep_dir: str) -> str:
+    return f"s3://{path}" if storage.is_s3(sweep_dir) and not path.startswith("s3://") else path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dcgan sweep", description="Ray Tune sweep over learning rates and k.")
+    ap.add_argument("--config", default="sweep-demo", help="a sweep YAML (configs/sweep-*.yaml)")
+    ap.add_argument("--resume", help="the folder of an interrupted sweep (printed when it started)")
+    ap.add_argument("overrides", nargs="*", help="key=value of the sweep config, e.g. num_samples=8")
+    args = ap.parse_args(argv)
+    try:
+        sweep = None if args.resume else load_sweep(args.config, args.overrides)
+        if sweep is not None:
+            print(f"[sweep] {sweep.num_samples} trials, {sweep.max_concurrent_trials} at a time; "
+                  f"search: {', '.join(sweep.search)}", flush=True)
+        summary = run_sweep(sweep, resume=args.resume)
+    except (ConfigError, tracking.TrackingUnavailable, storage.StorageError) as e:
+        print(f"dcgan sweep: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
