@@ -1,0 +1,442 @@
+"""End to end on the local mini cluster: the path a user takes on a real cluster.
+
+infra/local/start.sh starts SeaweedFS S3, an MLflow server (SQLite, artifacts in S3) and a
+Ray head on 127.0.0.1, on free ports, into a temporary state folder. The smoke pipeline is
+`ray job submit`ted with its storage in S3; then everything is read back the way a user
+would: from the MLflow server (params, loss series, FID, audit report, sample grids, the
+registered model whose files sit in S3), with `dcgan generate`, and in the MLflow UI in
+headless Chromium. Last, with the tracking server stopped, the pipeline fails at once with
+a message saying how to start it and writes nothing. The cluster is always stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import load_config
+from tests.s3server import free_port_pair
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+START, STOP = ROOT / "infra" / "local" / "start.sh", ROOT / "infra" / "local" / "stop.sh"
+ARTIFACTS = ROOT / "test-artifacts"
+PRESET = "configs/smoke.yaml"
+JOB_TIMEOUT_S = 420
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class MiniCluster:
+    state: Path
+    env: dict[str, str]  # a user's shell after `. env.sh`: the exports plus the S3 keys
+    start_output: str
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.env["MLFLOW_TRACKING_URI"]
+
+    @property
+    def bucket(self) -> str:
+        return self.env["DCGAN_BUCKET"]
+
+    @property
+    def secret_key(self) -> str:
+        return self.env["AWS_SECRET_ACCESS_KEY"]
+
+    def storage(self) -> str:
+        return f"s3://{self.bucket}/e2e"
+
+    def s3(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"], region_name=self.env["AWS_REGION"],
+                            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"])
+
+    def objects(self) -> dict[str, str]:
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+    def pids(self) -> list[int]:
+        return [int(p.read_text()) for p in (self.state / "pids").glob("*.pid")]
+
+
+def _clean_env() -> dict[str, str]:
+    """This process's environment without any cluster, tracking or S3 settings of its own."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "MLFLOW_", "RAY_", "MINI_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # ray, mlflow, weed
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _user_env(start_stdout: str, base: dict[str, str]) -> dict[str, str]:
+    env = dict(base)
+    for line in start_stdout.splitlines():
+        if m := re.fullmatch(r"export (\w+)=(\S+)", line.strip()):
+            env[m.group(1)] = m.group(2)
+        elif m := re.match(r"set -a; \. (\S+); set \+a", line.strip()):
+            for kv in Path(m.group(1)).read_text().split():
+                key, value = kv.split("=", 1)
+                env[key] = value
+    return env
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state = tmp_path_factory.mktemp("mini-cluster")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-e2e-", dir="/tmp"))  # Ray's socket paths must stay short
+    s3, master, volume, filer, admin = (free_port_pair() for _ in range(5))
+    settings = {
+        "MINI_STATE_DIR": str(state), "MINI_BUCKET": "dcgan-e2e", "MINI_RAY_TEMP_DIR": str(ray_tmp),
+        "MINI_S3_PORT": s3, "MINI_S3_MASTER_PORT": master, "MINI_S3_VOLUME_PORT": volume,
+        "MINI_S3_FILER_PORT": filer, "MINI_S3_ADMIN_PORT": admin, "MINI_MLFLOW_PORT": _free_port(),
+        "MINI_RAY_PORT": _free_port(), "MINI_RAY_DASHBOARD_PORT": _free_port(),
+        "MINI_RAY_CLIENT_PORT": _free_port(), "MINI_RAY_AGENT_PORT": _free_port(),
+        # Two training-side CPUs on a 2-core machine: one trainer, Ray Data's reads, the evaluation.
+        "MINI_RAY_NUM_CPUS": 4, "MINI_RAY_START_ARGS": "--object-store-memory 400000000",
+        # A busy 2-core machine can take longer than Ray's 60 s to start a worker group.
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": 300,
+    }
+    env = _clean_env() | {k: str(v) for k, v in settings.items()}
+    try:
+        started = subprocess.run([str(START)], env=env, capture_output=True, text=True, timeout=300)
+        assert started.returncode == 0, f"start.sh failed:\n{started.stderr[-4000:]}"
+        user_env = _user_env(started.stdout, env)
+        yield MiniCluster(state, user_env, started.stdout + started.stderr)
+    finally:
+        subprocess.run([str(STOP)], env=env, capture_output=True, text=True, timeout=180)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@dataclass
+class Job:
+    output: str
+    config: object
+    experiment_id: str
+    pipeline_run: object
+    child_runs: dict  # pipeline_step -> Run
+
+
+@pytest.fixture(scope="module")
+def job(cluster):
+    """`ray job submit` of the smoke pipeline with its storage in the mini cluster's S3."""
+    from mlflow.tracking import MlflowClient
+
+    overrides = [f"storage={cluster.storage()}"]
+    submission_id = f"dcgan-e2e-{int(time.time())}"
+    submit = ["ray", "job", "submit", "--address", cluster.env["RAY_ADDRESS"], "--working-dir", str(ROOT),
+              "--submission-id", submission_id, "--", "python", "-m", "pipelines.run", "--config", PRESET, *overrides]
+    done = subprocess.run(submit, env=cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S, cwd=ROOT)
+    output = done.stdout + done.stderr
+    status = subprocess.run(["ray", "job", "status", "--address", cluster.env["RAY_ADDRESS"], submission_id],
+                            env=cluster.env, capture_output=True, text=True, timeout=60)
+    assert "SUCCEEDED" in status.stdout + status.stderr, f"job did not succeed:\n{output[-6000:]}"
+
+    cfg = load_config(ROOT / PRESET, overrides)
+    client = MlflowClient(cluster.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    pipeline = [r for r in runs if r.data.tags.get("pipeline_step") == "pipeline"]
+    assert len(pipeline) == 1, [r.data.tags for r in runs]
+    children = {r.data.tags.get("pipeline_step"): r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == pipeline[0].info.run_id}
+    return Job(output, cfg, experiment.experiment_id, pipeline[0], children)
+
+
+def _download(cluster, run_id: str, path: str, dst: Path) -> Path:
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst),
+                                                    tracking_uri=cluster.tracking_uri))
+
+
+def test_start_prints_what_to_export_and_no_secret(cluster):
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "DCGAN_BUCKET"):
+        assert cluster.env.get(key), f"start.sh did not print {key}"
+    for url in (cluster.env["RAY_ADDRESS"], cluster.tracking_uri, cluster.env["AWS_ENDPOINT_URL"]):
+        assert url.startswith("http://127.0.0.1:"), url
+    assert cluster.secret_key not in cluster.start_output
+    credentials = cluster.state / "credentials.env"
+    assert credentials.stat().st_mode & 0o777 == 0o600
+
+
+def _listening_addresses(pgid: int) -> list[tuple[int, str, int]]:
+    """(pid, ip, port) of every TCP socket a process of group pgid listens on, from /proc."""
+    import ipaddress
+
+    listening = {}  # socket inode -> (ip, port)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            hex_ip, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_ip)
+            # /proc prints the address as 32-bit words in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.ip_address(raw)
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+            listening[fields[9]] = (str(ip), int(hex_port, 16))
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        for link in links:
+            if link.startswith("socket:[") and link[8:-1] in listening:
+                found.append((int(proc.name), *listening[link[8:-1]]))
+    return found
+
+
+def test_services_listen_on_loopback_only(cluster):
+    for pgid in cluster.pids():
+        sockets = _listening_addresses(pgid)
+        assert sockets, f"process group {pgid} listens nowhere"
+        for pid, ip, port in sockets:
+            assert ip in ("127.0.0.1", "::1"), f"pid {pid} of group {pgid} listens on {ip}:{port}"
+
+
+def test_pipeline_job_is_tracked_on_the_server(cluster, job):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cluster.tracking_uri)
+    params = job.pipeline_run.data.params
+    assert params["storage"] == cluster.storage()
+    assert params["train.iterations"] == str(job.config.train.iterations)
+    assert params["model.resolution"] == str(job.config.model.resolution)
+    assert set(job.child_runs) >= {"ingest", "train", "evaluate"}
+
+    every_run = client.search_runs([job.experiment_id])
+    assert {r.info.status for r in every_run} == {"FINISHED"}, "no run may be left RUNNING or FAILED"
+    for run in every_run:  # keys reach the job through its environment, never the records
+        assert cluster.secret_key not in json.dumps([run.data.params, run.data.tags])
+    assert cluster.secret_key not in job.output
+
+    train = job.child_runs["train"].info.run_id
+    for name in ("loss_d", "loss_g"):
+        history = client.get_metric_history(train, name)
+        steps = [m.step for m in history]
+        assert len(history) >= job.config.train.iterations // job.config.train.log_every, name
+        assert steps == sorted(set(steps)), f"{name}: steps repeat or go back: {steps}"
+        assert all(math.isfinite(m.value) for m in history)
+
+    fid_keys = [k for k in job.pipeline_run.data.metrics if k.startswith("fid")]
+    assert fid_keys, f"no FID on the pipeline run: {job.pipeline_run.data.metrics}"
+    fid = job.pipeline_run.data.metrics[fid_keys[0]]
+    assert math.isfinite(fid) and fid > 0
+    assert job.child_runs["evaluate"].data.metrics[fid_keys[0]] == fid
+
+
+def test_audit_report_and_sample_grids_come_back_from_s3(cluster, job, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    client = MlflowClient(cluster.tracking_uri)
+    evaluate = job.child_runs["evaluate"].info.run_id
+    report = json.loads(_download(cluster, evaluate, "audit/report.json", tmp_path).read_text())
+    assert isinstance(report, dict) and report, "the audit report is empty"
+
+    grids = []
+    for step in ("train", "evaluate"):
+        run_id = job.child_runs[step].info.run_id
+        stack = [a for a in client.list_artifacts(run_id)]
+        while stack:
+            item = stack.pop()
+            if item.is_dir:
+                stack += client.list_artifacts(run_id, item.path)
+            elif item.path.endswith(".png"):
+                grids.append((run_id, item.path))
+    assert grids, "no sample grid among the train and evaluate runs' artifacts"
+    image = Image.open(_download(cluster, *grids[0], tmp_path / "grid"))
+    assert min(image.size) > job.config.model.resolution, "a grid holds several samples"
+
+    # The run's artifacts live in the S3 store (proxied by the server), not on its disk.
+    keys = cluster.objects()
+    artifact_keys = [k for k in keys if k.startswith("mlflow-artifacts/") and k.endswith("audit/report.json")]
+    assert artifact_keys, "the audit report is not in the S3 store"
+    assert not list(cluster.state.rglob("mlartifacts")), "the server kept artifacts on local disk"
+
+
+def test_registered_model_sits_in_s3_and_generates_images(cluster, job, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    client = MlflowClient(cluster.tracking_uri)
+    name = job.config.registered_model_name
+    champion = client.get_model_version_by_alias(name, "champion")  # the first version on a fresh server
+    assert champion.run_id == job.pipeline_run.info.run_id
+    fid_key = next(k for k in job.pipeline_run.data.metrics if k.startswith("fid"))
+    assert float(champion.tags["fid"]) == pytest.approx(job.pipeline_run.data.metrics[fid_key])
+    assert champion.tags["dataset_hash"] == job.pipeline_run.data.tags["dataset_hash"]
+
+    logged = client.get_logged_model(champion.model_id)
+    location = logged.artifact_location
+    assert location.startswith("mlflow-artifacts:/"), location
+    prefix = "mlflow-artifacts/" + location[len("mlflow-artifacts:/"):].strip("/") + "/"
+    files = {k[len(prefix):]: k for k in cluster.objects() if k.startswith(prefix)}
+    assert "MLmodel" in files, f"no MLmodel under s3://{cluster.bucket}/{prefix}: {sorted(files)}"
+    mlmodel = yaml.safe_load(cluster.s3().get_object(Bucket=cluster.bucket, Key=files["MLmodel"])["Body"].read())
+    assert "pytorch" in mlmodel["flavors"]
+    sizes = {k: cluster.s3().head_object(Bucket=cluster.bucket, Key=v)["ContentLength"] for k, v in files.items()}
+    assert max(sizes.values()) > 10_000, f"no weights among the model's files: {sizes}"
+
+    # A user without S3 keys: the model comes through the tracking server.
+    env = {k: v for k, v in cluster.env.items() if not k.startswith("AWS_")}
+    out = tmp_path / "samples"
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "generate", "--model", f"models:/{name}@champion",
+                           "-n", "6", "--seed", "7", "--out", str(out)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 6
+    images = [Image.open(p).convert("RGB") for p in pngs]
+    assert {im.size for im in images} == {(job.config.model.resolution,) * 2}
+    assert len({im.tobytes() for im in images}) == 6, "different seeds gave identical images"
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(name):
+            return found
+    message = "headless Chromium is not installed (Debian: apt-get install -y chromium)"
+    if os.environ.get("CI_REQUIRE_BROWSER") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _render(browser: str, url: str, profile: Path, screenshot: Path | None = None) -> str:
+    """The page after its JavaScript ran: the DOM, or a screenshot of it."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+             f"--user-data-dir={profile}", "--window-size=1400,1600", "--virtual-time-budget=20000"]
+    flags.append(f"--screenshot={screenshot}" if screenshot else "--dump-dom")
+    proc = subprocess.Popen([browser, *flags, url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None or _group_alive(proc.pid):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    return out
+
+
+def _page_text(dom: str) -> str:
+    import html
+
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", text)))
+
+
+def _rendered_text(browser: str, url: str, profile: Path, expected: list[str]) -> str:
+    text = ""
+    for _ in range(3):  # a busy machine may need a second pass for the app's data requests
+        text = _page_text(_render(browser, url, profile))
+        if all(e in text for e in expected):
+            break
+    return text
+
+
+def test_mlflow_ui_shows_the_model_version_and_the_fid(cluster, job, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    browser = _chromium()
+    client = MlflowClient(cluster.tracking_uri)
+    name = job.config.registered_model_name
+    version = client.get_model_version_by_alias(name, "champion").version
+    profile = tmp_path / "chromium-profile"
+
+    model_url = f"{cluster.tracking_uri}/#/models/{name}"
+    text = _rendered_text(browser, model_url, profile, [name, f"Version {version}"])
+    assert name in text and f"Version {version}" in text, f"model page without version {version}:\n{text[:2000]}"
+
+    run = job.pipeline_run
+    fid_key = next(k for k in run.data.metrics if k.startswith("fid"))
+    run_url = f"{cluster.tracking_uri}/#/experiments/{job.experiment_id}/runs/{run.info.run_id}"
+    text = _rendered_text(browser, run_url, profile, ["Metrics", fid_key])
+    assert re.search(rf"Metrics \(\d+\).*\b{re.escape(fid_key)}\b", text), f"run page without {fid_key}:\n{text[:2000]}"
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    for url, png in ((run_url, ARTIFACTS / "mlflow-run-page.png"), (model_url, ARTIFACTS / "mlflow-model-page.png")):
+        png.unlink(missing_ok=True)
+        _render(browser, url, profile, screenshot=png)
+        assert png.is_file() and png.stat().st_size > 10_000, f"no screenshot at {png}"
+
+
+def test_without_tracking_server_the_pipeline_stops_at_once_and_writes_nothing(cluster, job, tmp_path):
+    subprocess.run([str(STOP), "mlflow"], env=cluster.env | {"MINI_STATE_DIR": str(cluster.state)},
+                   capture_output=True, text=True, timeout=120, check=True)
+    before = cluster.objects()
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    env = {k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pipelines.run", "--config", str(ROOT / PRESET),
+                           f"storage={cluster.storage()}", "train.iterations=1000"],
+                          env=env, cwd=workdir, capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert cluster.tracking_uri in done.stderr, done.stderr
+    assert "infra/local/start.sh" in done.stderr and "mlflow server" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    # "In seconds": it never gets to start Ray or read data (a real run takes minutes).
+    assert elapsed < 60, f"took {elapsed:.0f}s to notice the tracking server is down"
+    assert cluster.objects() == before, "the failed run wrote to the dataset or checkpoint storage"
+    assert not any(workdir.iterdir()), f"the failed run left files: {list(workdir.iterdir())}"
+
+
+def test_stop_ends_exactly_the_cluster_processes(cluster):
+    # A bystander whose command line names every service: a pkill -f or `ray stop` would end it.
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)",
+                                  "ray start --head", "mlflow server", "weed mini"], start_new_session=True)
+    try:
+        groups = cluster.pids()
+        assert groups and all(_group_alive(g) for g in groups)
+        done = subprocess.run([str(STOP)], env=cluster.env | {"MINI_STATE_DIR": str(cluster.state)},
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        assert not [g for g in groups if _group_alive(g)], "stop.sh left cluster processes running"
+        assert bystander.poll() is None, "stop.sh ended a process that was not the cluster's"
+        assert not list((cluster.state / "pids").glob("*.pid"))
+    finally:
+        bystander.kill()
+        bystander.wait()
