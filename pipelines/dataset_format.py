@@ -71,6 +71,19 @@ def content_hash(pixel_hashes: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def read_columns(uri: str, columns: list[str]) -> pa.Table:
+    """Columns of a whole dataset into memory (e.g. the hashes; not for the pixels of a big one)."""
+    import pyarrow.parquet as pq
+
+    from pipelines import storage
+
+    fs, _ = storage.filesystem(uri)
+    paths = [u[len("s3://") :] if storage.is_s3(u) else u for u in storage.list_files(uri, SHARD_SUFFIX)]
+    if not paths:
+        return SCHEMA.empty_table().select(columns)
+    return pq.ParquetDataset(paths, filesystem=fs).read(columns=columns)
+
+
 def decode_images(column, resolution: int) -> np.ndarray:
     """Raw-pixel bytes (an Arrow binary column, or an array/list of bytes) -> uint8 (N, R, R, 3).
 

@@ -30,9 +30,9 @@ import pyarrow.parquet as pq
 from pipelines import storage
 from pipelines.config import ConfigError, PipelineConfig, load_config
 from pipelines.dataset_format import (
-    FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, SCHEMA, SHARD_SUFFIX, content_hash, pixel_sha256, rows_per_shard,
+    FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, SCHEMA, SHARD_SUFFIX, content_hash, pixel_sha256, read_columns, rows_per_shard,
 )
-from pipelines.sources import REASON, SYNTHETIC, SourceError, open_source
+from pipelines.sources import REASON, SYNTHETIC, Source, SourceError, open_source
 
 
 class IngestError(RuntimeError):
@@ -154,7 +154,7 @@ def _shard_table(out: str) -> list[dict]:
     return shards
 
 
-def ingest(source: str, out: str, resolution: int, *, limit: int | None = None, shard_mb: int = 128,
+def ingest(source: str | Source, out: str, resolution: int, *, limit: int | None = None, shard_mb: int = 128,
            synthetic_images: int = 4096, synthetic_seed: int = 0, progress: bool = True) -> dict:
     """Ingest ``source`` into a new dataset at ``out`` (replacing an unfinished one); returns its manifest.
 
@@ -164,7 +164,8 @@ def ingest(source: str, out: str, resolution: int, *, limit: int | None = None, 
     from ray.data import DataContext
 
     started = time.time()
-    src = open_source(source, limit=limit, synthetic_images=synthetic_images, synthetic_seed=synthetic_seed)
+    src = source if not isinstance(source, str) else open_source(
+        source, limit=limit, synthetic_images=synthetic_images, synthetic_seed=synthetic_seed)
     if storage.exists(storage.join(out, MANIFEST)):
         raise IngestError(f"a complete dataset already exists at {out}: pass --overwrite to replace it")
     _prepare_output(out)
@@ -184,7 +185,7 @@ def ingest(source: str, out: str, resolution: int, *, limit: int | None = None, 
     ray.kill(ledger)
 
     shards = _shard_table(out)
-    hashes = pq.read_table(path, columns=[PIXEL_SHA256], filesystem=fs).column(PIXEL_SHA256).to_pylist() if shards else []
+    hashes = read_columns(out, [PIXEL_SHA256]).column(PIXEL_SHA256).to_pylist()
     if len(hashes) != summary["stored"] or len(set(hashes)) != len(hashes):
         raise IngestError(
             f"the shards in {out} hold {len(hashes)} rows ({len(set(hashes))} distinct) but {summary['stored']} "
@@ -203,7 +204,7 @@ def ingest(source: str, out: str, resolution: int, *, limit: int | None = None, 
         "source": src.description,
         "source_kind": src.kind,
         "source_images": src.count,
-        "recipe": recipe(source, limit, synthetic_images, synthetic_seed),
+        "recipe": recipe(src.spec, limit, synthetic_images, synthetic_seed),
         "skipped": summary["skipped"],
         "duplicates": summary["duplicates"],
         "shards": shards,
@@ -241,8 +242,11 @@ def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
                 f"location, or delete {uri} to ingest it again."
             )
         return manifest
+    # Open the source before starting Ray: a missing or unreachable one fails in a second.
+    source = open_source(cfg.data.source, limit=cfg.data.limit, synthetic_images=cfg.data.synthetic_images,
+                         synthetic_seed=cfg.data.synthetic_seed)
     _ensure_ray()  # left running: the caller goes on to train on the same cluster
-    return ingest(cfg.data.source, uri, cfg.model.resolution, limit=cfg.data.limit, shard_mb=cfg.data.shard_mb,
+    return ingest(source, uri, cfg.model.resolution, limit=cfg.data.limit, shard_mb=cfg.data.shard_mb,
                   synthetic_images=cfg.data.synthetic_images, synthetic_seed=cfg.data.synthetic_seed,
                   progress=progress)
 

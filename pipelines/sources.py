@@ -94,6 +94,8 @@ class ImageFiles:
     def description(self) -> str:
         return self.uri
 
+    spec = description
+
     def pixels(self, resolution: int):
         import ray.data
 
@@ -149,19 +151,37 @@ def _decode_lmdb(batch: pa.Table, resolution: int) -> pa.Table:
     return decoded_table(keys, images, reasons)
 
 
+def _lmdb_ranges(path: str, count: int, tasks: int) -> list[tuple[bytes, int]]:
+    """(first key, entries) for each read task: one pass over the keys, values untouched."""
+    per_task = math.ceil(count / tasks)
+    starts: list[tuple[bytes, int]] = []
+    env = _lmdb_env(path)
+    try:
+        with env.begin(write=False) as txn:
+            for i, key in enumerate(txn.cursor().iternext(keys=True, values=False)):
+                if i == count:
+                    break
+                if i % per_task == 0:
+                    starts.append((bytes(key), min(per_task, count - i)))
+    finally:
+        env.close()
+    return starts
+
+
 @dataclass
 class LmdbExport:
     """An LSUN LMDB export folder (data.mdb) on this machine's disk."""
 
     path: str  # the local folder holding data.mdb
-    range_starts: list[tuple[bytes, int]]  # (first key, how many entries) per read task
+    count: int  # entries to read (the first ones in key order when limited)
     origin: str  # what the user named (an s3:// URI when the export was downloaded)
-    count: int = 0
     kind: str = "lmdb"
 
     @property
     def description(self) -> str:
         return self.origin
+
+    spec = description
 
     def pixels(self, resolution: int):
         import ray
@@ -170,7 +190,7 @@ class LmdbExport:
         from ray.data.datasource import Datasource, ReadTask
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        path, starts = self.path, self.range_starts
+        path, starts = self.path, _lmdb_ranges(self.path, self.count, _read_tasks_for(self.count))
 
         class LmdbDatasource(Datasource):
             def estimate_inmemory_data_size(self):
@@ -198,20 +218,11 @@ def _open_lmdb(folder: str, origin: str, limit: int | None) -> LmdbExport:
         raise SourceError(f"cannot open the LMDB export at {folder} ({type(e).__name__}: {e})") from None
     try:
         total = env.stat()["entries"]
-        count = total if limit is None else min(total, limit)
-        if count == 0:
-            raise SourceError(f"the LMDB export at {origin} is empty (0 entries in {LMDB_DATA})")
-        per_task = math.ceil(count / _read_tasks_for(count))
-        starts: list[tuple[bytes, int]] = []
-        with env.begin(write=False) as txn:
-            for i, key in enumerate(txn.cursor().iternext(keys=True, values=False)):
-                if i == count:
-                    break
-                if i % per_task == 0:
-                    starts.append((bytes(key), min(per_task, count - i)))
     finally:
         env.close()
-    return LmdbExport(folder, starts, origin, count)
+    if total == 0:
+        raise SourceError(f"the LMDB export at {origin} is empty (0 entries in {LMDB_DATA})")
+    return LmdbExport(folder, total if limit is None else min(total, limit), origin)
 
 
 def _lmdb_cache_dir(uri: str) -> Path:
@@ -275,6 +286,8 @@ class IngestedDataset:
     def description(self) -> str:
         return self.uri
 
+    spec = description
+
     def pixels(self, resolution: int):
         import ray.data
 
@@ -309,6 +322,7 @@ class SyntheticBedrooms:
     count: int
     seed: int
     kind: str = "synthetic"
+    spec: str = SYNTHETIC
 
     @property
     def description(self) -> str:
