@@ -56,7 +56,8 @@ def square_resize(im: Image.Image, resolution: int) -> np.ndarray:
             f"too small: {width}x{height}; the shorter side must be at least {resolution} px (no upscaling)"
         )
     left, top = (width - side) // 2, (height - side) // 2
-    square = im.resize((resolution, resolution), Image.BILINEAR, box=(left, top, left + side, top + side))
+    # Crop first: resize(box=...) would let the filter reach past the square's edges.
+    square = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BILINEAR)
     return np.asarray(square, dtype=np.uint8)
 
 
