@@ -32,7 +32,7 @@ from pipelines.config import ConfigError, PipelineConfig, load_config
 from pipelines.dataset_format import (
     FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, SCHEMA, SHARD_SUFFIX, content_hash, pixel_sha256, read_columns, rows_per_shard,
 )
-from pipelines.sources import REASON, SYNTHETIC, Source, SourceError, open_source
+from pipelines.sources import REASON, SYNTHETIC, Source, SourceError, open_source, read_tasks
 
 
 class IngestError(RuntimeError):
@@ -173,14 +173,15 @@ def ingest(source: str | Source, out: str, resolution: int, *, limit: int | None
 
     DataContext.get_current().enable_progress_bars = False  # our bar counts images, theirs count blocks
     ledger = ray.remote(IngestLedger).options(num_cpus=0).remote()
-    rows = src.pixels(resolution).map_batches(
+    tasks = read_tasks(src.count, rows_per_shard(shard_mb, resolution))
+    rows = src.pixels(resolution, tasks).map_batches(
         _finish_batch, fn_kwargs={"ledger": ledger}, batch_format="pyarrow", batch_size=None
     )
     fs, path = storage.filesystem(out)
     with _ProgressBar(ledger, src.count, progress):
-        rows.write_parquet(
-            path, filesystem=fs, min_rows_per_file=rows_per_shard(shard_mb, resolution), compression="none",
-        )
+        # No min_rows_per_file: it would split decode from write (and pixels would cross
+        # the object store); shard size is set by the number of read tasks instead.
+        rows.write_parquet(path, filesystem=fs, compression="none")
     summary = ray.get(ledger.summary.remote())
     ray.kill(ledger)
 

@@ -4,16 +4,16 @@
   encoded image, WebP or JPEG), read with ``lmdb`` by a Ray Data datasource whose
   read tasks each walk one key range;
 - a folder of images, recursively (jpg, jpeg, png, webp), local or ``s3://``, read
-  with ``ray.data.read_binary_files``;
+  by a Ray Data datasource whose read tasks each read a slice of the listed files;
 - an already-ingested dataset (a folder or prefix with manifest.json), re-read with
   ``ray.data.read_parquet`` (and resized when the resolution differs);
 - ``synthetic``: the embedded bedrooms of gan/synthetic.py, rendered in Ray tasks.
 
 :func:`open_source` finds which one a spec names, lists it (applying ``limit``) and
 fails at once, naming what was missing and where, when there is nothing to read.
-``Source.pixels(resolution)`` is a Ray Dataset with one row per source item:
-``key``, ``image`` (raw RGB pixels at the target resolution, empty when unusable)
-and ``reason`` (why the item is unusable, null when it is fine).
+``Source.pixels(resolution, tasks)`` is a Ray Dataset, read by ``tasks`` tasks, with
+one row per source item: ``key``, ``image`` (raw RGB pixels at the target resolution,
+empty when unusable) and ``reason`` (why the item is unusable, null when it is fine).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Callable, Iterable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
@@ -37,9 +38,8 @@ SYNTHETIC = "synthetic"
 REASON = "reason"
 LMDB_DATA = "data.mdb"
 DECODED_SCHEMA = pa.schema([(KEY, pa.string()), (IMAGE, pa.binary()), (REASON, pa.string())])
-# Images per read task: large enough that per-task overhead (a few ms) stays small
-# against decode time (~1 ms an image), small enough to spread over every core.
-ITEMS_PER_TASK = 500
+S3_READ_THREADS = 16
+TASKS_PER_CPU = 4  # measured with benchmarks/ingest.py: 2 left a core idle at the end of runs
 
 
 class SourceError(RuntimeError):
@@ -53,28 +53,94 @@ def decoded_table(keys: list[str], images: list[bytes], reasons: list[str | None
     )
 
 
-def _read_tasks_for(count: int) -> int:
-    import ray
-
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    # At least two tasks a core so a slow task does not idle the others at the end.
-    return max(1, min(count, max(2 * cpus, math.ceil(count / ITEMS_PER_TASK))))
-
-
-# --- image files (local folder or s3:// prefix) -------------------------------------
-
-
-def _decode_files(batch: pa.Table, root: str, resolution: int) -> pa.Table:
-    keys, images, reasons = [], [], []
-    for path, data in zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist()):
-        keys.append(path[len(root) :].lstrip("/"))
+def _decode_each(keys: list[str], payloads, to_pixels) -> pa.Table:
+    """to_pixels(payload) for every item; an UnreadableImage becomes the item's reason."""
+    images, reasons = [], []
+    for payload in payloads:
         try:
-            images.append(decode_square(data, resolution).tobytes())
+            images.append(to_pixels(payload).tobytes())
             reasons.append(None)
         except UnreadableImage as e:
             images.append(b"")
             reasons.append(str(e))
     return decoded_table(keys, images, reasons)
+
+
+def read_tasks(count: int, rows_per_shard: int) -> int:
+    """How many read tasks, each decoding its items and writing one shard.
+
+    Every task writes its own shard (read, decode and write fuse into one Ray task, so
+    pixels never pass through the object store): never more than ``rows_per_shard``
+    rows a shard, and at least TASKS_PER_CPU tasks a CPU so that every core decodes
+    and a slow task at the end leaves little idle time.
+    """
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return max(1, min(count, max(TASKS_PER_CPU * cpus, math.ceil(count / rows_per_shard))))
+
+
+# --- image files (local folder or s3:// prefix) -------------------------------------
+
+
+def read_parts(parts: list[tuple[Callable[[], Iterable[pa.Table]], int]], ray_remote_args: dict | None = None):
+    """A Ray Dataset read by one Ray Data read task per (read function, rows it yields)."""
+    import ray.data
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class PartsDatasource(Datasource):
+        def estimate_inmemory_data_size(self):
+            return None
+
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            return [
+                ReadTask(read, BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None, input_files=None))
+                for read, rows in parts
+            ]
+
+    # override_num_blocks = the parts: otherwise Ray splits their blocks to reach its default
+    # parallelism (200), and a split read no longer fuses with the decode and write after it.
+    return ray.data.read_datasource(PartsDatasource(), ray_remote_args=ray_remote_args or {},
+                                    override_num_blocks=len(parts))
+
+
+def _read_files(fs: pafs.FileSystem, paths: list[str], threads: int, block_rows: int = 256):
+    """Blocks of (path, bytes, error): a file that cannot be read becomes an error, not a crash."""
+
+    def read(path: str) -> tuple[bytes | None, str | None]:
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read(), None
+        except OSError as e:
+            return None, f"cannot read ({e})"
+
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        for i in range(0, len(paths), block_rows):
+            chunk = paths[i : i + block_rows]
+            results = list(pool.map(read, chunk)) if pool else [read(p) for p in chunk]
+            yield pa.table({
+                "path": pa.array(chunk, pa.string()),
+                "bytes": pa.array([r[0] for r in results], pa.binary()),
+                "error": pa.array([r[1] for r in results], pa.string()),
+            })
+    finally:
+        if pool:
+            pool.shutdown()
+
+
+def _decode_files(batch: pa.Table, root: str, resolution: int) -> pa.Table:
+    keys = [path[len(root) :].lstrip("/") for path in batch.column("path").to_pylist()]
+    errors = batch.column("error").to_pylist()
+
+    def to_pixels(item):
+        data, error = item
+        if error:
+            raise UnreadableImage(error)
+        return decode_square(data, resolution)
+
+    return _decode_each(keys, zip(batch.column("bytes").to_pylist(), errors), to_pixels)
 
 
 @dataclass
@@ -96,14 +162,18 @@ class ImageFiles:
 
     spec = description
 
-    def pixels(self, resolution: int):
-        import ray.data
-
+    def pixels(self, resolution: int, tasks: int):
+        # Our own reader rather than read_binary_files: that one spent ~0.1 ms of CPU a file
+        # on bookkeeping (measured with benchmarks/ingest.py), a sixth of a 64 px decode.
+        # Object stores answer each GET after a round trip, so S3 reads overlap in threads.
         fs, _ = storage.filesystem(self.uri)
-        ds = ray.data.read_binary_files(
-            self.paths, filesystem=fs, include_paths=True, override_num_blocks=_read_tasks_for(self.count)
-        )
-        return ds.map_batches(
+        threads = S3_READ_THREADS if storage.is_s3(self.uri) else 1
+        per_task = math.ceil(self.count / tasks)
+        parts = [
+            (partial(_read_files, fs, self.paths[i : i + per_task], threads), len(self.paths[i : i + per_task]))
+            for i in range(0, self.count, per_task)
+        ]
+        return read_parts(parts).map_batches(
             partial(_decode_files, root=self.root, resolution=resolution), batch_format="pyarrow", batch_size=None
         )
 
@@ -119,36 +189,24 @@ def _lmdb_env(path: str):
 
 
 def _read_lmdb_range(path: str, first_key: bytes, count: int, block_rows: int = 256):
+    """Blocks of (key, bytes) for ``count`` entries from ``first_key`` on, in key order."""
     env = _lmdb_env(path)
     try:
-        with env.begin(write=False, buffers=False) as txn:
+        with env.begin(write=False) as txn:
             cursor = txn.cursor()
             cursor.set_key(first_key)
             keys, values = [], []
             for key, value in cursor:
                 keys.append(key.decode("utf-8", "replace"))
                 values.append(value)
-                if len(keys) % block_rows == 0:
-                    yield pa.table({"key": keys[-block_rows:], "bytes": pa.array(values[-block_rows:], pa.binary())})
-                if len(keys) == count:
+                if len(keys) == block_rows or count == len(keys):
+                    yield pa.table({"key": pa.array(keys, pa.string()), "bytes": pa.array(values, pa.binary())})
+                    count -= len(keys)
+                    keys, values = [], []
+                if count == 0:
                     break
-            rest = len(keys) % block_rows
-            if rest:
-                yield pa.table({"key": keys[-rest:], "bytes": pa.array(values[-rest:], pa.binary())})
     finally:
         env.close()
-
-
-def _decode_lmdb(batch: pa.Table, resolution: int) -> pa.Table:
-    keys, images, reasons = batch.column("key").to_pylist(), [], []
-    for data in batch.column("bytes").to_pylist():
-        try:
-            images.append(decode_square(data, resolution).tobytes())
-            reasons.append(None)
-        except UnreadableImage as e:
-            images.append(b"")
-            reasons.append(str(e))
-    return decoded_table(keys, images, reasons)
 
 
 def _lmdb_ranges(path: str, count: int, tasks: int) -> list[tuple[bytes, int]]:
@@ -168,6 +226,11 @@ def _lmdb_ranges(path: str, count: int, tasks: int) -> list[tuple[bytes, int]]:
     return starts
 
 
+def _decode_lmdb(batch: pa.Table, resolution: int) -> pa.Table:
+    return _decode_each(batch.column("key").to_pylist(), batch.column("bytes").to_pylist(),
+                        partial(decode_square, resolution=resolution))
+
+
 @dataclass
 class LmdbExport:
     """An LSUN LMDB export folder (data.mdb) on this machine's disk."""
@@ -183,32 +246,17 @@ class LmdbExport:
 
     spec = description
 
-    def pixels(self, resolution: int):
+    def pixels(self, resolution: int, tasks: int):
         import ray
-        import ray.data
-        from ray.data.block import BlockMetadata
-        from ray.data.datasource import Datasource, ReadTask
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        path, starts = self.path, _lmdb_ranges(self.path, self.count, _read_tasks_for(self.count))
-
-        class LmdbDatasource(Datasource):
-            def estimate_inmemory_data_size(self):
-                return None
-
-            def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
-                return [
-                    ReadTask(
-                        partial(_read_lmdb_range, path, first, n),
-                        BlockMetadata(num_rows=n, size_bytes=None, exec_stats=None, input_files=None),
-                    )
-                    for first, n in starts
-                ]
-
-        # The export is a file on this node's disk: read it here; decoding may run anywhere.
+        ranges = _lmdb_ranges(self.path, self.count, tasks)
+        parts = [(partial(_read_lmdb_range, self.path, first, n), n) for first, n in ranges]
+        # The export is a file on this node's disk: read it here.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-        ds = ray.data.read_datasource(LmdbDatasource(), ray_remote_args={"scheduling_strategy": here})
-        return ds.map_batches(partial(_decode_lmdb, resolution=resolution), batch_format="pyarrow", batch_size=None)
+        return read_parts(parts, {"scheduling_strategy": here}).map_batches(
+            partial(_decode_lmdb, resolution=resolution), batch_format="pyarrow", batch_size=None
+        )
 
 
 def _open_lmdb(folder: str, origin: str, limit: int | None) -> LmdbExport:
@@ -253,17 +301,9 @@ def _download_lmdb(uri: str) -> str:
 def _resize_dataset_rows(batch: pa.Table, source_resolution: int, resolution: int) -> pa.Table:
     from PIL import Image
 
-    keys = batch.column(KEY).to_pylist()
     pixels = decode_images(batch.column(IMAGE), source_resolution)
-    images, reasons = [], []
-    for arr in pixels:
-        try:
-            images.append(square_resize(Image.fromarray(arr, "RGB"), resolution).tobytes())
-            reasons.append(None)
-        except UnreadableImage as e:
-            images.append(b"")
-            reasons.append(str(e))
-    return decoded_table(keys, images, reasons)
+    return _decode_each(batch.column(KEY).to_pylist(), pixels,
+                        lambda arr: square_resize(Image.fromarray(arr, "RGB"), resolution))
 
 
 def _rename_dataset_rows(batch: pa.Table) -> pa.Table:
@@ -288,11 +328,12 @@ class IngestedDataset:
 
     spec = description
 
-    def pixels(self, resolution: int):
+    def pixels(self, resolution: int, tasks: int):
         import ray.data
 
         fs, path = storage.filesystem(self.uri)
-        ds = ray.data.read_parquet(path, filesystem=fs, columns=[KEY, IMAGE], file_extensions=[SHARD_SUFFIX[1:]])
+        ds = ray.data.read_parquet(path, filesystem=fs, columns=[KEY, IMAGE], file_extensions=[SHARD_SUFFIX[1:]],
+                                   override_num_blocks=tasks)
         if self.limit is not None:
             ds = ds.limit(self.limit)
         source_resolution = self.manifest["resolution"]
@@ -330,10 +371,10 @@ class SyntheticBedrooms:
 
         return f"{DATASET_NAME}(seed={self.seed})"
 
-    def pixels(self, resolution: int):
+    def pixels(self, resolution: int, tasks: int):
         import ray.data
 
-        ds = ray.data.range(self.count, override_num_blocks=_read_tasks_for(self.count))
+        ds = ray.data.range(self.count, override_num_blocks=tasks)
         return ds.map_batches(
             partial(_render_synthetic, seed=self.seed, resolution=resolution), batch_format="numpy", batch_size=None
         )
