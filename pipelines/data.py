@@ -2,12 +2,26 @@
 
 ``TorchTrainer(datasets={"train": train_dataset(uri)})`` splits the dataset across the
 workers; inside ``train_loop_per_worker`` :func:`epoch_batches` turns this worker's
-shard (``ray.train.get_dataset_shard("train")``) into float NCHW tensors in [-1, 1],
-reshuffled every epoch.
+shard (``ray.train.get_dataset_shard("train")``) into float NCHW tensors in [-1, 1].
+
+Shards are disjoint and cover the dataset once per epoch: Ray Train's default
+DataConfig gives each worker one output of ``streaming_split(num_workers, equal=True)``.
+Which rows a worker gets is decided afresh every epoch (Ray hands out blocks as
+workers ask for them), so nothing pins an image to one rank.
 
 DDP constraint: every rank must see the same number of batches per epoch, or one
-rank waits in an all-reduce that the others never join. Ray Train's default split is
-``equal=True`` and batches are ``drop_last``, which guarantees it.
+rank waits in an all-reduce that the others never join. ``equal=True`` gives every
+worker exactly floor(N / num_workers) rows (it drops the < num_workers leftover rows)
+and batches are ``drop_last``, so each rank runs floor(floor(N / W) / B) steps. With a
+dataset of N = W * B * k images nothing is dropped; otherwise the dropped rows change
+from epoch to epoch because the order is reshuffled.
+
+Per-epoch shuffling, in two layers: the shard files are read in a new order every
+epoch (``FileShuffleConfig`` reseeded per execution), and a local shuffle buffer,
+seeded by (seed, epoch), mixes rows within each worker.
+
+Leave CPUs for Ray Data: reading and shuffling run as Ray tasks beside the training
+workers, so ``cpus_per_worker * num_workers`` must stay below the cluster's CPUs.
 """
 
 from __future__ import annotations
@@ -15,11 +29,11 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
-import numpy as np
 import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
 
 from pipelines import storage
-from pipelines.dataset_format import IMAGE, MANIFEST, decode_images, to_model_input
+from pipelines.dataset_format import IMAGE, MANIFEST, SHARD_SUFFIX, decode_images, to_model_input
 
 
 def read_manifest(uri: str) -> dict:
@@ -31,24 +45,39 @@ def read_manifest(uri: str) -> dict:
         ) from None
 
 
-def train_dataset(uri: str):
-    """The Ray Dataset of an ingested dataset (local folder or s3://)."""
+def train_dataset(uri: str, shuffle_files: bool = True, seed: int = 0):
+    """The Ray Dataset of an ingested dataset (local folder or s3://): its image column only."""
     import ray.data
+    from ray.data import FileShuffleConfig
 
+    read_manifest(uri)  # fail here, with what to do, rather than deep inside a worker
     fs, path = storage.filesystem(uri)
-    return ray.data.read_parquet(path, filesystem=fs, columns=[IMAGE], file_extensions=["parquet"])
+    return ray.data.read_parquet(
+        path, filesystem=fs, columns=[IMAGE], file_extensions=[SHARD_SUFFIX[1:]],
+        shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle_files else None,
+    )
+
+
+class _ImageBatch(ArrowBatchCollateFn):
+    """Arrow batch -> float NCHW tensor, reading the pixel column without a copy."""
+
+    def __init__(self, resolution: int):
+        super().__init__()
+        self.resolution = resolution
+
+    def __call__(self, batch) -> torch.Tensor:
+        return to_model_input(decode_images(batch.column(IMAGE), self.resolution))
 
 
 def epoch_batches(shard, batch_size: int, resolution: int, epoch: int, seed: int = 0,
                   shuffle_buffer: int | None = None) -> Iterator[torch.Tensor]:
-    """One epoch of this worker's shard as float NCHW batches in [-1, 1] (drop_last)."""
+    """One epoch of this worker's shard as float NCHW batches in [-1, 1] (drop_last).
 
-    def collate(batch: dict[str, np.ndarray]) -> torch.Tensor:
-        return to_model_input(decode_images(batch[IMAGE], resolution))
-
+    ``shuffle_buffer``: rows held for the local shuffle (None or 0: keep the read order).
+    """
     kwargs = {}
     if shuffle_buffer:
         kwargs = {"local_shuffle_buffer_size": shuffle_buffer, "local_shuffle_seed": seed * 1_000_003 + epoch}
     yield from shard.iter_torch_batches(
-        batch_size=batch_size, collate_fn=collate, drop_last=True, prefetch_batches=2, **kwargs
+        batch_size=batch_size, collate_fn=_ImageBatch(resolution), drop_last=True, prefetch_batches=2, **kwargs
     )

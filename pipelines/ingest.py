@@ -1,0 +1,303 @@
+"""Ingest: any source of bedroom images -> the canonical Parquet dataset (Ray Data).
+
+    dcgan ingest --source /data/bedroom_train_lmdb --out s3://bucket/lsun-64 --resolution 64
+    python -m pipelines.ingest --config lsun-bedroom-64 [key=value ...]   # for ray job submit
+
+One streaming Ray Data pass: read (pipelines/sources.py) -> decode, RGB, centre
+crop, antialiased resize -> hash the pixels and drop exact duplicates -> write Parquet
+shards of about ``data.shard_mb`` -> manifest.json, written last, so an ingest that
+dies half way never looks complete (the next run clears its shards and starts over).
+
+Exact duplicates are dropped across blocks by one small ledger actor that every
+decode task asks "has anyone stored these pixels yet?". It remembers which key
+claimed each pixel hash, so a task Ray retries after a failure re-admits its own
+rows instead of mistaking them for duplicates. Unusable items are reported to the
+same ledger and listed in the manifest with their reason; they never stop the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines import storage
+from pipelines.config import ConfigError, PipelineConfig, load_config
+from pipelines.dataset_format import (
+    FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, SCHEMA, SHARD_SUFFIX, content_hash, pixel_sha256, read_columns, rows_per_shard,
+)
+from pipelines.sources import REASON, SYNTHETIC, Source, SourceError, open_source, read_tasks
+
+
+class IngestError(RuntimeError):
+    """An ingest that cannot go on; the message says why and what to do."""
+
+
+class IngestLedger:
+    """Run as one Ray actor: which pixel hashes are stored, which items were dropped and why."""
+
+    def __init__(self):
+        self._claimed_by: dict[bytes, int] = {}  # pixel digest -> hash of the key that claimed it
+        self._duplicates: set[str] = set()
+        self._skipped: dict[str, str] = {}
+
+    def admit(self, keys: list[str], digests: list[bytes]) -> list[bool]:
+        """For each item: store it (its pixels are new, or it already claimed them) or drop it."""
+        keep = []
+        for key, digest in zip(keys, digests):
+            owner = self._claimed_by.setdefault(digest, hash(key))
+            is_first = owner == hash(key)
+            keep.append(is_first)
+            if not is_first:
+                self._duplicates.add(key)
+        return keep
+
+    def skip(self, items: list[tuple[str, str]]) -> None:
+        self._skipped.update(items)
+
+    def processed(self) -> int:
+        return len(self._claimed_by) + len(self._duplicates) + len(self._skipped)
+
+    def summary(self) -> dict:
+        return {
+            "stored": len(self._claimed_by),
+            "duplicates": len(self._duplicates),
+            "skipped": [{"source": k, "reason": r} for k, r in sorted(self._skipped.items())],
+        }
+
+
+def _finish_batch(batch: pa.Table, ledger) -> pa.Table:
+    """Decoded rows -> the dataset's rows: hash, record the unusable, drop exact duplicates."""
+    import ray
+
+    usable = pc.is_null(batch.column(REASON)).to_pylist()
+    keys = batch.column(KEY).to_pylist()
+    reasons = batch.column(REASON).to_pylist()
+    skipped = [(k, r) for k, r, ok in zip(keys, reasons, usable) if not ok]
+    good = batch.filter(pa.array(usable, pa.bool_()))
+    images = good.column(IMAGE).to_pylist()
+    hashes = [pixel_sha256(img) for img in images]
+    keep = ray.get(ledger.admit.remote(good.column(KEY).to_pylist(), [bytes.fromhex(h) for h in hashes])) if hashes else []
+    if skipped:
+        ray.get(ledger.skip.remote(skipped))
+    rows = pa.Table.from_arrays([good.column(KEY), good.column(IMAGE), pa.array(hashes, pa.string())], schema=SCHEMA)
+    return rows.filter(pa.array(keep, pa.bool_()))
+
+
+def _ensure_ray() -> None:
+    """Start (or join, via RAY_ADDRESS) a Ray cluster unless this process is connected to one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(logging_level="WARNING")
+
+
+def _prepare_output(out: str) -> None:
+    """Clear the leftovers of an unfinished ingest (shards without a manifest), refuse a foreign folder."""
+    files = storage.list_files(out)
+    ours = [f for f in files if f.endswith(SHARD_SUFFIX) or ".tmp-" in f.rsplit("/", 1)[-1]]
+    foreign = sorted(set(files) - set(ours))
+    if foreign:
+        raise IngestError(
+            f"--out {out} already holds files that are not part of a dataset ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}): choose a new or empty folder"
+        )
+    if ours:
+        print(f"clearing {len(ours)} shard(s) of an unfinished ingest in {out}", flush=True)
+        storage.delete_dir(out)
+    storage.check_writable(out)
+
+
+class _ProgressBar:
+    """A tqdm bar over source items, fed by polling the ledger while Ray Data writes."""
+
+    def __init__(self, ledger, total: int, enabled: bool):
+        self._ledger, self._total, self._enabled = ledger, total, enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        if self._enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._enabled:
+            self._thread.join()
+
+    def _run(self):
+        import ray
+        from tqdm import tqdm
+
+        with tqdm(total=self._total, unit="img", desc="ingest", dynamic_ncols=True, mininterval=1.0) as bar:
+            while True:
+                stopping = self._stop.wait(1.0)
+                bar.update(ray.get(self._ledger.processed.remote()) - bar.n)
+                if stopping:
+                    return
+
+
+def _shard_table(out: str) -> list[dict]:
+    fs, path = storage.filesystem(out)
+    shards = []
+    for uri in storage.list_files(out, SHARD_SUFFIX):
+        inner = uri[len("s3://") :] if storage.is_s3(uri) else uri
+        meta = pq.read_metadata(inner, filesystem=fs)
+        shards.append({"file": inner[len(path) :].lstrip("/"), "rows": meta.num_rows, "bytes": fs.get_file_info(inner).size})
+    return shards
+
+
+def ingest(source: str | Source, out: str, resolution: int, *, limit: int | None = None, shard_mb: int = 128,
+           synthetic_images: int = 4096, synthetic_seed: int = 0, progress: bool = True) -> dict:
+    """Ingest ``source`` into a new dataset at ``out`` (replacing an unfinished one); returns its manifest.
+
+    Runs on the Ray cluster this process is connected to (see :func:`ensure_dataset`).
+    """
+    import ray
+    from ray.data import DataContext
+
+    started = time.time()
+    src = source if not isinstance(source, str) else open_source(
+        source, limit=limit, synthetic_images=synthetic_images, synthetic_seed=synthetic_seed)
+    if storage.exists(storage.join(out, MANIFEST)):
+        raise IngestError(f"a complete dataset already exists at {out}: pass --overwrite to replace it")
+    _prepare_output(out)
+    print(f"ingesting {src.count} images from {src.description} ({src.kind}) -> {out} at {resolution}px", flush=True)
+
+    DataContext.get_current().enable_progress_bars = False  # our bar counts images, theirs count blocks
+    ledger = ray.remote(IngestLedger).options(num_cpus=0).remote()
+    tasks = read_tasks(src.count, rows_per_shard(shard_mb, resolution))
+    rows = src.pixels(resolution, tasks).map_batches(
+        _finish_batch, fn_kwargs={"ledger": ledger}, batch_format="pyarrow", batch_size=None
+    )
+    fs, path = storage.filesystem(out)
+    with _ProgressBar(ledger, src.count, progress):
+        # No min_rows_per_file: it would split decode from write (and pixels would cross
+        # the object store); shard size is set by the number of read tasks instead.
+        rows.write_parquet(path, filesystem=fs, compression="none")
+    summary = ray.get(ledger.summary.remote())
+    ray.kill(ledger)
+
+    shards = _shard_table(out)
+    hashes = read_columns(out, [PIXEL_SHA256]).column(PIXEL_SHA256).to_pylist()
+    if len(hashes) != summary["stored"] or len(set(hashes)) != len(hashes):
+        raise IngestError(
+            f"the shards in {out} hold {len(hashes)} rows ({len(set(hashes))} distinct) but {summary['stored']} "
+            "images were admitted; the output was changed during ingest or a write failed. Run ingest again."
+        )
+    if not hashes:
+        raise IngestError(
+            f"no usable image in {src.description}: all {src.count} items were skipped "
+            f"(first reasons: {[s['reason'] for s in summary['skipped'][:3]]})"
+        )
+    manifest = {
+        "format": FORMAT,
+        "resolution": resolution,
+        "count": len(hashes),
+        "content_hash": content_hash(hashes),
+        "source": src.description,
+        "source_kind": src.kind,
+        "source_images": src.count,
+        "recipe": recipe(src.spec, limit, synthetic_images, synthetic_seed),
+        "skipped": summary["skipped"],
+        "duplicates": summary["duplicates"],
+        "shards": shards,
+        "columns": [KEY, IMAGE, PIXEL_SHA256],
+        "ingest_seconds": round(time.time() - started, 2),
+    }
+    storage.write_bytes(storage.join(out, MANIFEST), json.dumps(manifest, indent=1).encode())
+    rate = src.count / max(manifest["ingest_seconds"], 1e-9)
+    print(f"ingested {manifest['count']} images ({len(summary['skipped'])} skipped, {summary['duplicates']} "
+          f"exact duplicates dropped) into {len(shards)} shard(s) at {out} in {manifest['ingest_seconds']:.1f}s "
+          f"({rate:.0f} img/s)", flush=True)
+    return manifest
+
+
+def recipe(source: str, limit: int | None, synthetic_images: int, synthetic_seed: int) -> dict:
+    """What decides a dataset's content besides the resolution: a dataset is reused only for the same recipe."""
+    out = {"source": source, "limit": limit}
+    if source == SYNTHETIC:
+        out.update(synthetic_images=synthetic_images, synthetic_seed=synthetic_seed)
+    return out
+
+
+def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
+    """The manifest of the dataset at ``cfg.dataset_uri``, ingesting ``cfg.data.source`` there first if needed."""
+    from pipelines.data import read_manifest
+
+    uri = cfg.dataset_uri
+    wanted = recipe(cfg.data.source, cfg.data.limit, cfg.data.synthetic_images, cfg.data.synthetic_seed)
+    if storage.exists(storage.join(uri, MANIFEST)):
+        manifest = read_manifest(uri)
+        if manifest.get("resolution") != cfg.model.resolution or manifest.get("recipe", wanted) != wanted:
+            raise IngestError(
+                f"the dataset at {uri} was ingested at {manifest.get('resolution')}px from {manifest.get('recipe')}, "
+                f"but this config asks for {cfg.model.resolution}px from {wanted}. Point data.dataset at another "
+                f"location, or delete {uri} to ingest it again."
+            )
+        return manifest
+    # Open the source before starting Ray: a missing or unreachable one fails in a second.
+    source = open_source(cfg.data.source, limit=cfg.data.limit, synthetic_images=cfg.data.synthetic_images,
+                         synthetic_seed=cfg.data.synthetic_seed)
+    _ensure_ray()  # left running: the caller goes on to train on the same cluster
+    return ingest(source, uri, cfg.model.resolution, limit=cfg.data.limit, shard_mb=cfg.data.shard_mb,
+                  synthetic_images=cfg.data.synthetic_images, synthetic_seed=cfg.data.synthetic_seed,
+                  progress=progress)
+
+
+def _config_from_args(args) -> PipelineConfig:
+    overrides = list(args.overrides)
+    for flag, key in (("source", "data.source"), ("out", "data.dataset"), ("resolution", "model.resolution"),
+                      ("limit", "data.limit"), ("shard_mb", "data.shard_mb")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(args.config, overrides)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="dcgan ingest",
+        description="Turn an LSUN LMDB export, a folder of images (local or s3://), an ingested dataset or "
+        "'synthetic' into the canonical Parquet dataset (shards + manifest.json).",
+    )
+    ap.add_argument("--config", default=None, help="preset name or YAML (default: the embedded defaults)")
+    ap.add_argument("--source", help="LMDB export folder, image folder, s3://bucket/prefix, or 'synthetic' (data.source)")
+    ap.add_argument("--out", help="where the dataset goes, a folder or s3://bucket/prefix (data.dataset)")
+    ap.add_argument("--resolution", type=int, help="side of the square images (model.resolution: 32, 64 or 128)")
+    ap.add_argument("--limit", type=int, help="ingest at most this many source images (data.limit)")
+    ap.add_argument("--shard-mb", dest="shard_mb", type=int, help="target Parquet shard size in MiB (data.shard_mb)")
+    ap.add_argument("--overwrite", action="store_true", help="replace a complete dataset already at --out")
+    ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. data.limit=1000")
+    args = ap.parse_args(argv)
+    import ray
+
+    ray_was_up = ray.is_initialized()
+    try:
+        cfg = _config_from_args(args)
+        uri = cfg.dataset_uri
+        if args.overwrite and storage.exists(storage.join(uri, MANIFEST)):
+            fs, path = storage.filesystem(storage.join(uri, MANIFEST))
+            fs.delete_file(path)  # first, so a replacement that dies half way is not taken for complete
+        manifest = ensure_dataset(cfg, progress=args.progress)
+    except (ConfigError, SourceError, storage.StorageError, IngestError) as e:
+        print(f"dcgan ingest: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if not ray_was_up and ray.is_initialized():
+            ray.shutdown()
+    print(json.dumps({k: manifest[k] for k in ("format", "resolution", "count", "duplicates", "content_hash")}
+                     | {"skipped": len(manifest["skipped"]), "dataset": uri}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""Training input on a real 2-worker Ray Train TorchTrainer (gloo DDP on CPU).
+
+Each worker walks its shard with epoch_batches for two epochs, turns every image it
+got back into its pixel hash (the float batch maps back to the stored uint8 pixels
+exactly) and writes what it saw to a file; the test maps hashes to dataset keys.
+"""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from gan.synthetic import synthetic_bedrooms
+from pipelines.config import load_config
+from pipelines.data import epoch_batches, read_manifest, train_dataset
+from pipelines.dataset_format import IMAGE, KEY, PIXEL_SHA256, content_hash, decode_images, read_columns
+from pipelines.ingest import ensure_dataset
+
+WORKERS, BATCH, EPOCHS, RES = 2, 8, 2, 32
+
+
+def _stored_pixel_hash(batch) -> list[str]:
+    pixels = ((batch + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [hashlib.sha256(np.ascontiguousarray(p).tobytes()).hexdigest() for p in pixels]
+
+
+def _train_loop(config):
+    import torch.distributed as dist
+
+    rank = ray.train.get_context().get_world_rank()
+    seen = {}
+    for name in ("divisible", "remainder"):
+        shard = ray.train.get_dataset_shard(name)
+        for epoch in range(EPOCHS):
+            order, batches = [], 0
+            for batch in epoch_batches(shard, BATCH, RES, epoch, seed=3, shuffle_buffer=16):
+                assert batch.shape == (BATCH, 3, RES, RES) and batch.dtype == torch.float32
+                assert float(batch.min()) >= -1.0 and float(batch.max()) <= 1.0
+                order += _stored_pixel_hash(batch)
+                batches += 1
+            # The all-reduce DDP does after every step: it only returns if every rank gets here.
+            total = torch.tensor([batches])
+            dist.all_reduce(total)
+            seen[f"{name}/{epoch}"] = {"hashes": order, "batches": batches, "all_ranks": int(total)}
+    with open(f"{config['out']}/rank-{rank}.json", "w") as f:
+        json.dump(seen, f)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def _dataset(tmp_path, images: int) -> tuple[str, dict[str, str]]:
+    cfg = load_config("smoke", [f"storage={tmp_path}", f"data.synthetic_images={images}", f"model.resolution={RES}"])
+    manifest = ensure_dataset(cfg, progress=False)
+    table = read_columns(cfg.dataset_uri, [KEY, PIXEL_SHA256])
+    assert manifest["count"] == images == table.num_rows
+    return cfg.dataset_uri, dict(zip(table.column(PIXEL_SHA256).to_pylist(), table.column(KEY).to_pylist()))
+
+
+@pytest.mark.slow
+def test_two_workers_get_disjoint_equal_shards_covering_the_dataset_each_epoch(tmp_path, ray_cluster):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    divisible_uri, divisible = _dataset(tmp_path / "a", WORKERS * BATCH * 3)  # 48: nothing to drop
+    remainder_uri, remainder = _dataset(tmp_path / "b", WORKERS * BATCH * 3 + 5)  # 53: 5 rows cannot be used
+    out = tmp_path / "seen"
+    out.mkdir()
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"out": str(out)},
+        # Half a CPU each: the other CPU is left to Ray Data's read tasks.
+        scaling_config=ScalingConfig(num_workers=WORKERS, resources_per_worker={"CPU": 0.5}),
+        datasets={"divisible": train_dataset(divisible_uri), "remainder": train_dataset(remainder_uri)},
+        run_config=RunConfig(storage_path=str(tmp_path / "train"), name="sharding"),
+    )
+    trainer.fit()
+    ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(WORKERS)]
+
+    for epoch in range(EPOCHS):
+        # Exactly once: the two shards are disjoint and together are the whole dataset.
+        keys = [[divisible[h] for h in rank[f"divisible/{epoch}"]["hashes"]] for rank in ranks]
+        assert len(keys[0]) == len(keys[1]) == len(divisible) // WORKERS
+        assert not set(keys[0]) & set(keys[1])
+        assert sorted(keys[0] + keys[1]) == sorted(divisible.values())
+
+        # 53 rows: each rank still runs the same number of steps (3 batches of 8), disjoint rows.
+        counts = [rank[f"remainder/{epoch}"]["batches"] for rank in ranks]
+        assert counts == [3, 3] and all(rank[f"remainder/{epoch}"]["all_ranks"] == 6 for rank in ranks)
+        got = [set(remainder[h] for h in rank[f"remainder/{epoch}"]["hashes"]) for rank in ranks]
+        assert len(got[0]) == len(got[1]) == 24 and not got[0] & got[1]
+
+    # Reshuffled every epoch: the same images, in another order.
+    first, second = (ranks[0][f"divisible/{e}"]["hashes"] for e in range(EPOCHS))
+    assert first != second
+
+
+@pytest.mark.slow
+def test_synthetic_source_is_the_embedded_bedrooms_and_round_trips_to_model_input(tmp_path, ray_cluster):
+    uri, by_hash = _dataset(tmp_path, 16)
+    manifest = read_manifest(uri)
+    expected = synthetic_bedrooms(16, RES, 0)
+    table = read_columns(uri, [KEY, IMAGE]).sort_by(KEY)
+    stored = decode_images(table.column(IMAGE), RES)
+    np.testing.assert_array_equal(stored, expected)
+    assert manifest["content_hash"] == content_hash(hashlib.sha256(x.tobytes()).hexdigest() for x in expected)
+    assert manifest["source"].startswith("synthetic-bedrooms") and manifest["skipped"] == []
+
+    # The feed delivers exactly those pixels as [-1, 1] floats.
+    batches = list(epoch_batches(train_dataset(uri, shuffle_files=False).iterator(), 16, RES, epoch=0))
+    assert len(batches) == 1
+    assert sorted(_stored_pixel_hash(batches[0])) == sorted(by_hash)
+
+    # A second ensure_dataset reuses the complete dataset; a different recipe is refused, naming both.
+    cfg = load_config("smoke", [f"storage={tmp_path}", "data.synthetic_images=16", f"model.resolution={RES}"])
+    assert ensure_dataset(cfg, progress=False)["content_hash"] == manifest["content_hash"]
+    other = load_config("smoke", [f"storage={tmp_path}", "data.synthetic_images=17", f"model.resolution={RES}"])
+    with pytest.raises(RuntimeError, match="synthetic_images.*17"):
+        ensure_dataset(other, progress=False)
