@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 START, STOP = ROOT / "infra" / "local" / "start.sh", ROOT / "infra" / "local" / "stop.sh"
 ARTIFACTS = ROOT / "test-artifacts"
+DOCS = ROOT / "docs" / "mini-cluster.md"
 PRESET = "configs/smoke.yaml"
 JOB_TIMEOUT_S = 420
 
@@ -63,9 +65,6 @@ class MiniCluster:
     @property
     def secret_key(self) -> str:
         return self.env["AWS_SECRET_ACCESS_KEY"]
-
-    def storage(self) -> str:
-        return f"s3://{self.bucket}/e2e"
 
     def s3(self):
         import boto3
@@ -141,6 +140,7 @@ def cluster(tmp_path_factory):
 @dataclass
 class Job:
     output: str
+    pipeline_argv: list[str]  # python -m pipelines.run --config ... as submitted
     config: object
     experiment_id: str
     pipeline_run: object
@@ -149,18 +149,28 @@ class Job:
 
 @pytest.fixture(scope="module")
 def job(cluster):
-    """`ray job submit` of the smoke pipeline with its storage in the mini cluster's S3."""
+    """The documented `ray job submit` line of the smoke pipeline, as a user runs it after `. env.sh`."""
     from mlflow.tracking import MlflowClient
 
-    overrides = [f"storage={cluster.storage()}"]
+    documented = [ln.strip() for ln in DOCS.read_text().splitlines()
+                  if ln.strip().startswith("ray job submit") and PRESET in ln]
+    assert len(documented) == 1, f"{DOCS} must show one `ray job submit` line for {PRESET}"
+    argv = shlex.split(documented[0])
+    argv = [re.sub(r"\$(\w+)", lambda m: cluster.env[m.group(1)], a) for a in argv]  # the user's shell
+    split = argv.index("--")
+    submit_flags, pipeline_argv = argv[3:split], argv[split + 1:]
+    assert pipeline_argv[:5] == ["python", "-m", "pipelines.run", "--config", PRESET], pipeline_argv
+    overrides = pipeline_argv[5:]
     submission_id = f"dcgan-e2e-{int(time.time())}"
-    submit = ["ray", "job", "submit", "--address", cluster.env["RAY_ADDRESS"], "--working-dir", str(ROOT),
-              "--submission-id", submission_id, "--", "python", "-m", "pipelines.run", "--config", PRESET, *overrides]
+    submit = ["ray", "job", "submit", "--submission-id", submission_id, *submit_flags, "--", *pipeline_argv]
     done = subprocess.run(submit, env=cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S, cwd=ROOT)
     output = done.stdout + done.stderr
-    status = subprocess.run(["ray", "job", "status", "--address", cluster.env["RAY_ADDRESS"], submission_id],
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "e2e-job.log").write_text(output)
+    status = subprocess.run(["ray", "job", "status", submission_id],
                             env=cluster.env, capture_output=True, text=True, timeout=60)
-    assert "SUCCEEDED" in status.stdout + status.stderr, f"job did not succeed:\n{output[-6000:]}"
+    assert done.returncode == 0, f"job failed:\n{output[-6000:]}"
+    assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr
 
     cfg = load_config(ROOT / PRESET, overrides)
     client = MlflowClient(cluster.tracking_uri)
@@ -170,7 +180,8 @@ def job(cluster):
     assert len(pipeline) == 1, [r.data.tags for r in runs]
     children = {r.data.tags.get("pipeline_step"): r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == pipeline[0].info.run_id}
-    return Job(output, cfg, experiment.experiment_id, pipeline[0], children)
+    assert cfg.storage.startswith(f"s3://{cluster.bucket}/"), "the documented run keeps its storage in the S3 store"
+    return Job(output, pipeline_argv, cfg, experiment.experiment_id, pipeline[0], children)
 
 
 def _download(cluster, run_id: str, path: str, dst: Path) -> Path:
@@ -237,7 +248,7 @@ def test_pipeline_job_is_tracked_on_the_server(cluster, job):
 
     client = MlflowClient(cluster.tracking_uri)
     params = job.pipeline_run.data.params
-    assert params["storage"] == cluster.storage()
+    assert params["storage"] == job.config.storage
     assert params["train.iterations"] == str(job.config.train.iterations)
     assert params["model.resolution"] == str(job.config.model.resolution)
     assert set(job.child_runs) >= {"ingest", "train", "evaluate"}
@@ -263,33 +274,39 @@ def test_pipeline_job_is_tracked_on_the_server(cluster, job):
     assert job.child_runs["evaluate"].data.metrics[fid_keys[0]] == fid
 
 
+def _artifact_files(client, run_id: str) -> list[str]:
+    files, stack = [], list(client.list_artifacts(run_id))
+    while stack:
+        item = stack.pop()
+        if item.is_dir:
+            stack += client.list_artifacts(run_id, item.path)
+        else:
+            files.append(item.path)
+    return files
+
+
 def test_audit_report_and_sample_grids_come_back_from_s3(cluster, job, tmp_path):
     from mlflow.tracking import MlflowClient
     from PIL import Image
 
     client = MlflowClient(cluster.tracking_uri)
-    evaluate = job.child_runs["evaluate"].info.run_id
-    report = json.loads(_download(cluster, evaluate, "audit/report.json", tmp_path).read_text())
+    runs = [job.pipeline_run.info.run_id] + [r.info.run_id for r in job.child_runs.values()]
+    files = [(run_id, path) for run_id in runs for path in _artifact_files(client, run_id)]
+
+    reports = [(run_id, p) for run_id, p in files if "audit" in p and p.endswith(".json")]
+    assert reports, f"no audit report among the pipeline's artifacts: {[p for _, p in files]}"
+    report = json.loads(_download(cluster, *reports[0], tmp_path / "audit").read_text())
     assert isinstance(report, dict) and report, "the audit report is empty"
 
-    grids = []
-    for step in ("train", "evaluate"):
-        run_id = job.child_runs[step].info.run_id
-        stack = [a for a in client.list_artifacts(run_id)]
-        while stack:
-            item = stack.pop()
-            if item.is_dir:
-                stack += client.list_artifacts(run_id, item.path)
-            elif item.path.endswith(".png"):
-                grids.append((run_id, item.path))
-    assert grids, "no sample grid among the train and evaluate runs' artifacts"
+    grids = [(run_id, p) for run_id, p in files if p.endswith(".png")]
+    assert grids, "no sample grid among the pipeline's artifacts"
     image = Image.open(_download(cluster, *grids[0], tmp_path / "grid"))
     assert min(image.size) > job.config.model.resolution, "a grid holds several samples"
 
-    # The run's artifacts live in the S3 store (proxied by the server), not on its disk.
+    # The artifacts live in the S3 store (the server proxies them), not on the server's disk.
     keys = cluster.objects()
-    artifact_keys = [k for k in keys if k.startswith("mlflow-artifacts/") and k.endswith("audit/report.json")]
-    assert artifact_keys, "the audit report is not in the S3 store"
+    for _, path in reports + grids:
+        assert any(k.startswith("mlflow-artifacts/") and k.endswith("/" + path) for k in keys), f"{path} is not in S3"
     assert not list(cluster.state.rglob("mlartifacts")), "the server kept artifacts on local disk"
 
 
@@ -305,7 +322,9 @@ def test_registered_model_sits_in_s3_and_generates_images(cluster, job, tmp_path
     assert float(champion.tags["fid"]) == pytest.approx(job.pipeline_run.data.metrics[fid_key])
     assert champion.tags["dataset_hash"] == job.pipeline_run.data.tags["dataset_hash"]
 
-    logged = client.get_logged_model(champion.model_id)
+    # MLflow 3 registers a logged model: the version's source is models:/<model id>.
+    model_id = champion.model_id or champion.source.removeprefix("models:/")
+    logged = client.get_logged_model(model_id)
     location = logged.artifact_location
     assert location.startswith("mlflow-artifacts:/"), location
     prefix = "mlflow-artifacts/" + location[len("mlflow-artifacts:/"):].strip("/") + "/"
@@ -410,9 +429,11 @@ def test_without_tracking_server_the_pipeline_stops_at_once_and_writes_nothing(c
     workdir.mkdir()
     env = {k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "pipelines.run", "--config", str(ROOT / PRESET),
-                           f"storage={cluster.storage()}", "train.iterations=1000"],
-                          env=env, cwd=workdir, capture_output=True, text=True, timeout=300)
+    # The documented command from an empty folder, on fresh storage (it would ingest there first).
+    argv = [sys.executable, *job.pipeline_argv[1:]]
+    argv[argv.index(PRESET)] = str(ROOT / PRESET)
+    argv = [a for a in argv if not a.startswith("storage=")] + [f"storage=s3://{cluster.bucket}/fresh"]
+    done = subprocess.run(argv, env=env, cwd=workdir, capture_output=True, text=True, timeout=300)
     elapsed = time.monotonic() - started
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert cluster.tracking_uri in done.stderr, done.stderr
