@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import storage
+from pipelines.cluster import init_ray
 from pipelines.config import ConfigError, PipelineConfig, load_config
 from pipelines.dataset_format import (
     FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, SCHEMA, SHARD_SUFFIX, content_hash, pixel_sha256, read_columns, rows_per_shard,
@@ -88,14 +89,6 @@ def _finish_batch(batch: pa.Table, ledger) -> pa.Table:
         ray.get(ledger.skip.remote(skipped))
     rows = pa.Table.from_arrays([good.column(KEY), good.column(IMAGE), pa.array(hashes, pa.string())], schema=SCHEMA)
     return rows.filter(pa.array(keep, pa.bool_()))
-
-
-def _ensure_ray() -> None:
-    """Start (or join, via RAY_ADDRESS) a Ray cluster unless this process is connected to one."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(logging_level="WARNING")
 
 
 def _prepare_output(out: str) -> None:
@@ -246,7 +239,7 @@ def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
     # Open the source before starting Ray: a missing or unreachable one fails in a second.
     source = open_source(cfg.data.source, limit=cfg.data.limit, synthetic_images=cfg.data.synthetic_images,
                          synthetic_seed=cfg.data.synthetic_seed)
-    _ensure_ray()  # left running: the caller goes on to train on the same cluster
+    init_ray(cfg)  # left running: the caller goes on to train on the same cluster
     return ingest(source, uri, cfg.model.resolution, limit=cfg.data.limit, shard_mb=cfg.data.shard_mb,
                   synthetic_images=cfg.data.synthetic_images, synthetic_seed=cfg.data.synthetic_seed,
                   progress=progress)

@@ -34,6 +34,7 @@ from gan.images import save_grid
 from gan.training import AdversarialStep, make_optimizers, unwrap
 from pipelines import storage, tracking
 from pipelines.checkpoints import build_networks, load_state, save_state
+from pipelines.cluster import init_ray
 from pipelines.config import PipelineConfig, load_config
 from pipelines.data import epoch_batches, read_manifest, train_dataset
 from pipelines.distributed import convert_sync_batchnorm, ddp_kwargs, replica_divergence
@@ -229,29 +230,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
-
-
-def init_ray(cfg: PipelineConfig | None = None) -> None:
-    """Connect to RAY_ADDRESS when set (``ray job submit`` sets it), else start Ray in-process.
-
-    In-process, Ray gets one logical CPU more than the training workers reserve: Ray
-    Data's read tasks need a CPU of their own, and with none left the feed would wait
-    forever (a laptop has fewer cores than a cluster node, not fewer pipeline stages).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return
-    # A busy laptop can take longer than Ray's 60 s default to start a worker group.
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
-    cpus = os.cpu_count() or 1
-    if cfg is not None:
-        cpus = max(cpus, int(np.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)) + 1)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False)
 
 
 def unique_run_name(cfg: PipelineConfig) -> str:

@@ -49,13 +49,6 @@ def _train_loop(config):
         json.dump(seen, f)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def _dataset(tmp_path, images: int) -> tuple[str, dict[str, str]]:
     cfg = load_config("smoke", [f"storage={tmp_path}", f"data.synthetic_images={images}", f"model.resolution={RES}"])
     manifest = ensure_dataset(cfg, progress=False)
@@ -65,7 +58,7 @@ def _dataset(tmp_path, images: int) -> tuple[str, dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_two_workers_get_disjoint_equal_shards_covering_the_dataset_each_epoch(tmp_path, ray_cluster):
+def test_two_workers_get_disjoint_equal_shards_covering_the_dataset_each_epoch(tmp_path, ray_local):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -103,7 +96,7 @@ def test_two_workers_get_disjoint_equal_shards_covering_the_dataset_each_epoch(t
 
 
 @pytest.mark.slow
-def test_synthetic_source_is_the_embedded_bedrooms_and_round_trips_to_model_input(tmp_path, ray_cluster):
+def test_synthetic_source_is_the_embedded_bedrooms_and_round_trips_to_model_input(tmp_path, ray_local):
     uri, by_hash = _dataset(tmp_path, 16)
     manifest = read_manifest(uri)
     expected = synthetic_bedrooms(16, RES, 0)

@@ -20,13 +20,6 @@ from pipelines.sources import SourceError, open_source
 RES = 32
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def _stored(uri: str) -> dict[str, np.ndarray]:
     table = read_columns(uri, [KEY, IMAGE, PIXEL_SHA256])
     pixels = decode_images(table.column(IMAGE), RES)
@@ -137,7 +130,7 @@ def _salted_folder(root, photos):
 
 
 @pytest.mark.slow
-def test_folder_of_photos_salted_with_bad_files(tmp_path, lsun_files, ray_cluster):
+def test_folder_of_photos_salted_with_bad_files(tmp_path, lsun_files, ray_local):
     good, converted, bad, duplicates, pairs = _salted_folder(tmp_path / "src", lsun_files[:24])
     out = str(tmp_path / "dataset")
     manifest = ingest(str(tmp_path / "src"), out, RES, shard_mb=1, progress=False)
@@ -186,7 +179,7 @@ def _lsun_lmdb(path, photos) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_lsun_lmdb_export_with_webp_values(tmp_path, lsun_files, ray_cluster):
+def test_lsun_lmdb_export_with_webp_values(tmp_path, lsun_files, ray_local):
     values = _lsun_lmdb(tmp_path / "bedroom_train_lmdb", lsun_files[:20])
     manifest = ingest(str(tmp_path / "bedroom_train_lmdb"), str(tmp_path / "all"), RES, progress=False)
     stored = _stored(str(tmp_path / "all"))
@@ -202,7 +195,7 @@ def test_lsun_lmdb_export_with_webp_values(tmp_path, lsun_files, ray_cluster):
 
 
 @pytest.mark.slow
-def test_cli_shows_progress_and_replaces_an_unfinished_ingest(tmp_path, lsun_files, ray_cluster, capfd):
+def test_cli_shows_progress_and_replaces_an_unfinished_ingest(tmp_path, lsun_files, ray_local, capfd):
     src = tmp_path / "src"
     src.mkdir()
     for p in lsun_files[30:40]:

@@ -22,11 +22,9 @@ RES = 32
 
 
 @pytest.fixture
-def ray_with_s3(s3_env):
-    # Started after s3_env set the AWS variables, so Ray's workers inherit them.
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield s3_env
-    ray.shutdown()
+def ray_with_s3(s3_env, ray_local):
+    # ray_local starts Ray with the session's S3 server in its environment, so Ray's workers reach it.
+    return s3_env
 
 
 def _stored(uri: str) -> dict[str, np.ndarray]:
