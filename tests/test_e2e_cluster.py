@@ -192,13 +192,18 @@ def _download(cluster, run_id: str, path: str, dst: Path) -> Path:
 
 
 def test_start_prints_what_to_export_and_no_secret(cluster):
-    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "DCGAN_BUCKET"):
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "DCGAN_BUCKET"):
         assert cluster.env.get(key), f"start.sh did not print {key}"
-    for url in (cluster.env["RAY_ADDRESS"], cluster.tracking_uri, cluster.env["AWS_ENDPOINT_URL"]):
+    for url in (cluster.env["RAY_API_SERVER_ADDRESS"], cluster.tracking_uri, cluster.env["AWS_ENDPOINT_URL"]):
         assert url.startswith("http://127.0.0.1:"), url
     assert cluster.secret_key not in cluster.start_output
     credentials = cluster.state / "credentials.env"
     assert credentials.stat().st_mode & 0o777 == 0o600
+    # The exported RAY_ADDRESS takes a driver of this shell to the mini cluster, token and all.
+    probe = subprocess.run([sys.executable, "-c", "import ray; ray.init(); print(ray.cluster_resources()['CPU'])"],
+                           env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert float(probe.stdout.strip().splitlines()[-1]) == float(cluster.env["MINI_RAY_NUM_CPUS"])
 
 
 def _listening_addresses(pgid: int) -> list[tuple[int, str, int]]:

@@ -95,7 +95,7 @@ chmod 600 "$CRED_FILE"
 
 S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
 MLFLOW_URI="http://127.0.0.1:$MLFLOW_PORT"
-RAY_ADDRESS_URL="http://127.0.0.1:$RAY_DASHBOARD_PORT"
+RAY_API_URL="http://127.0.0.1:$RAY_DASHBOARD_PORT"
 export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 export AWS_ENDPOINT_URL="$S3_ENDPOINT" MLFLOW_S3_ENDPOINT_URL="$S3_ENDPOINT"
 export AWS_REGION="${AWS_REGION:-us-east-1}" AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-${AWS_REGION:-us-east-1}}"
@@ -178,7 +178,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 mkdir -p "$RAY_TEMP_DIR"
 num_cpus=()
 [[ -n "${MINI_RAY_NUM_CPUS:-}" ]] && num_cpus=(--num-cpus "$MINI_RAY_NUM_CPUS")
-log "starting Ray head (dashboard and job API on $RAY_ADDRESS_URL)"
+log "starting Ray head (dashboard and job API on $RAY_API_URL)"
 # shellcheck disable=SC2086  # MINI_RAY_START_ARGS is a list of arguments
 launch ray "$LOG_DIR/ray.log" ray start --head --block --disable-usage-stats \
     --node-ip-address 127.0.0.1 --port "$RAY_PORT" \
@@ -186,13 +186,16 @@ launch ray "$LOG_DIR/ray.log" ray start --head --block --disable-usage-stats \
     --ray-client-server-port "$RAY_CLIENT_PORT" --dashboard-agent-listen-port "$RAY_AGENT_PORT" \
     --temp-dir "$RAY_TEMP_DIR" "${num_cpus[@]}" ${MINI_RAY_START_ARGS:-}
 ln -sfn "$RAY_TEMP_DIR/session_latest/logs" "$LOG_DIR/ray-session"
-wait_for ray "Ray head" ray job list --address "$RAY_ADDRESS_URL"
+wait_for ray "Ray head" ray job list --address "$RAY_API_URL"
 trap - ERR
 
 # --- what a user exports (no secret values: the keys stay in credentials.env)
 ENV_FILE="$STATE_DIR/env.sh"
+# RAY_API_SERVER_ADDRESS is what `ray job ...` uses; RAY_ADDRESS (the GCS address, as a
+# job's driver sees it) lets a local `python -m pipelines.run` use the same cluster.
 cat >"$ENV_FILE" <<EOF
-export RAY_ADDRESS=$RAY_ADDRESS_URL
+export RAY_API_SERVER_ADDRESS=$RAY_API_URL
+export RAY_ADDRESS=127.0.0.1:$RAY_PORT
 export RAY_AUTH_MODE=$RAY_AUTH_MODE
 export MLFLOW_TRACKING_URI=$MLFLOW_URI
 export AWS_ENDPOINT_URL=$S3_ENDPOINT
