@@ -192,10 +192,12 @@ trap - ERR
 # --- what a user exports (no secret values: the keys stay in credentials.env)
 ENV_FILE="$STATE_DIR/env.sh"
 # RAY_API_SERVER_ADDRESS is what `ray job ...` uses; RAY_ADDRESS (the GCS address, as a
-# job's driver sees it) lets a local `python -m pipelines.run` use the same cluster.
+# job's driver sees it) lets a local `python -m pipelines.run` use the same cluster, its
+# driver kept on the loopback like the head.
 cat >"$ENV_FILE" <<EOF
 export RAY_API_SERVER_ADDRESS=$RAY_API_URL
 export RAY_ADDRESS=127.0.0.1:$RAY_PORT
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 export RAY_AUTH_MODE=$RAY_AUTH_MODE
 export MLFLOW_TRACKING_URI=$MLFLOW_URI
 export AWS_ENDPOINT_URL=$S3_ENDPOINT
