@@ -1,8 +1,14 @@
 import os
-from pathlib import Path
 
-import pytest
-import torch
+# Idle OpenMP threads sleep instead of spinning: on shared cores, spinning threads
+# made 2-thread Inception and autoencoder runs 2-30x slower (see benchmarks/fid.py).
+# Set before torch loads its OpenMP runtime, which reads it once.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LSUN_DIR = ROOT.parent / "shared" / "data" / "lsun-bedroom" / "images"

