@@ -64,7 +64,7 @@ def evaluate_step(cfg: PipelineConfig, uri: str, parent_id: str, generator, mani
         mlflow.log_metrics(result.metrics)
         if result.audit is not None:
             _log_json(result.audit, "audit/report.json")
-        for path in result.images:
+        for path in result.grids.values():
             mlflow.log_artifact(str(path), "evaluation")
     return result.metrics | ({"audit": result.audit} if result.audit is not None else {})
 
@@ -80,7 +80,8 @@ def register_step(cfg: PipelineConfig, generator, manifest: dict, evaluation: di
     audit = evaluation.get("audit") or {}
     tags = {registry.FID_TAG: fid, "fid_metric": fid_key or "none", registry.DATASET_TAG: manifest["content_hash"],
             "kid": evaluation.get(kid_key, "none"), "git_commit": git_commit(),
-            "audit_exact_match_fraction": audit.get("exact_match_fraction", "none"),
+            "audit_exact_collision_fraction": audit.get("exact_collision_fraction", "none"),
+            "audit_flagged_fraction": audit.get("flagged_fraction", "none"),
             "resolution": cfg.model.resolution}
     name = cfg.registered_model_name
     version = registry.register(info.model_uri, name, tags)

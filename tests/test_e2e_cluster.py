@@ -326,6 +326,10 @@ def test_registered_model_sits_in_s3_and_generates_images(cluster, job, tmp_path
     fid_key = next(k for k in job.pipeline_run.data.metrics if k.startswith("fid"))
     assert float(champion.tags["fid"]) == pytest.approx(job.pipeline_run.data.metrics[fid_key])
     assert champion.tags["dataset_hash"] == job.pipeline_run.data.tags["dataset_hash"]
+    audit_tags = {k: v for k, v in champion.tags.items() if k.startswith("audit")}
+    assert audit_tags, f"the version carries no audit result: {champion.tags}"
+    for key, value in audit_tags.items():
+        assert 0 <= float(value) <= 1, f"{key}={value!r} is not the audit's fraction"
 
     # MLflow 3 registers a logged model: the version's source is models:/<model id>.
     model_id = champion.model_id or champion.source.removeprefix("models:/")
