@@ -17,9 +17,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines import storage, tracking
-from pipelines.checkpoints import generator_from_state, load_state
 from pipelines.config import ConfigError, PipelineConfig, load_config
-from pipelines.train import checkpoint_uri, git_commit, init_ray, run_training, unique_run_name
 
 
 def preflight(cfg: PipelineConfig) -> str:
@@ -72,6 +70,7 @@ def evaluate_step(cfg: PipelineConfig, uri: str, parent_id: str, generator, mani
 def register_step(cfg: PipelineConfig, generator, manifest: dict, evaluation: dict) -> dict:
     """Log G to the pipeline run, register a version, and promote it if it is the best."""
     from pipelines import registry
+    from pipelines.train import git_commit
 
     info = registry.log_generator(generator)
     fid_key = next((k for k in evaluation if k.startswith("fid")), None)
@@ -95,6 +94,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     import mlflow
 
     uri = preflight(cfg)
+    # Torch and Ray load only now: a missing service is reported before they take seconds to import.
+    from pipelines.checkpoints import generator_from_state, load_state
+    from pipelines.train import checkpoint_uri, git_commit, init_ray, run_training, unique_run_name
+
     init_ray(cfg)
     tags = {"pipeline_step": "pipeline", "git_commit": git_commit(), "config_name": cfg.name}
     with tracking.run(uri, cfg.tracking.experiment, run_name=unique_run_name(cfg), tags=tags) as parent:
