@@ -110,17 +110,35 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
+def _free_ports() -> dict[str, int]:
+    """Every port start.sh takes, free on 127.0.0.1 (SeaweedFS's also at +10000 for gRPC)."""
+    s3, master, volume, filer, admin = (free_port_pair() for _ in range(5))
+    return {"MINI_S3_PORT": s3, "MINI_S3_MASTER_PORT": master, "MINI_S3_VOLUME_PORT": volume,
+            "MINI_S3_FILER_PORT": filer, "MINI_S3_ADMIN_PORT": admin, "MINI_MLFLOW_PORT": _free_port(),
+            "MINI_RAY_PORT": _free_port(), "MINI_RAY_DASHBOARD_PORT": _free_port(),
+            "MINI_RAY_CLIENT_PORT": _free_port(), "MINI_RAY_AGENT_PORT": _free_port()}
+
+
+def test_start_refuses_a_taken_port_before_starting_anything(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {k: str(v) for k, v in _free_ports().items()} | {"MINI_MLFLOW_PORT": str(port)}
+        env = _clean_env() | ports | {"MINI_STATE_DIR": str(tmp_path / "state")}
+        done = subprocess.run([str(START)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert f"port {port}" in done.stderr and "MINI_MLFLOW_PORT" in done.stderr, done.stderr
+    assert not list((tmp_path / "state" / "pids").glob("*.pid")), "it started a service anyway"
+    assert not done.stdout, "no env lines for a cluster that is not up"
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("mini-cluster")
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-e2e-", dir="/tmp"))  # Ray's socket paths must stay short
-    s3, master, volume, filer, admin = (free_port_pair() for _ in range(5))
-    settings = {
+    settings = _free_ports() | {
         "MINI_STATE_DIR": str(state), "MINI_BUCKET": "dcgan-e2e", "MINI_RAY_TEMP_DIR": str(ray_tmp),
-        "MINI_S3_PORT": s3, "MINI_S3_MASTER_PORT": master, "MINI_S3_VOLUME_PORT": volume,
-        "MINI_S3_FILER_PORT": filer, "MINI_S3_ADMIN_PORT": admin, "MINI_MLFLOW_PORT": _free_port(),
-        "MINI_RAY_PORT": _free_port(), "MINI_RAY_DASHBOARD_PORT": _free_port(),
-        "MINI_RAY_CLIENT_PORT": _free_port(), "MINI_RAY_AGENT_PORT": _free_port(),
         # Two training-side CPUs on a 2-core machine: one trainer, Ray Data's reads, the evaluation.
         "MINI_RAY_NUM_CPUS": 4, "MINI_RAY_START_ARGS": "--object-store-memory 400000000",
         # A busy 2-core machine can take longer than Ray's 60 s to start a worker group.

@@ -77,6 +77,10 @@ for spec in "MINI_S3_PORT:$S3_PORT" "MINI_S3_MASTER_PORT:$S3_MASTER_PORT" "MINI_
             "MINI_RAY_PORT:$RAY_PORT" "MINI_RAY_DASHBOARD_PORT:$RAY_DASHBOARD_PORT" \
             "MINI_RAY_CLIENT_PORT:$RAY_CLIENT_PORT" "MINI_RAY_AGENT_PORT:$RAY_AGENT_PORT"; do
     port_free "${spec#*:}" || die "port ${spec#*:} on 127.0.0.1 is taken; choose another with ${spec%%:*}=<port>"
+    if [[ "$spec" == MINI_S3_* ]]; then
+        grpc=$((${spec#*:} + 10000))
+        port_free "$grpc" || die "port $grpc (SeaweedFS gRPC, ${spec%%:*} + 10000) on 127.0.0.1 is taken; choose another ${spec%%:*}"
+    fi
 done
 
 # --- credentials: from the environment, else kept in the state dir (0600), else generated
