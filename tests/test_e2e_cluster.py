@@ -112,11 +112,18 @@ def _group_alive(pgid: int) -> bool:
 
 def _free_ports() -> dict[str, int]:
     """Every port start.sh takes, free on 127.0.0.1 (SeaweedFS's also at +10000 for gRPC)."""
-    s3, master, volume, filer, admin = (free_port_pair() for _ in range(5))
-    return {"MINI_S3_PORT": s3, "MINI_S3_MASTER_PORT": master, "MINI_S3_VOLUME_PORT": volume,
-            "MINI_S3_FILER_PORT": filer, "MINI_S3_ADMIN_PORT": admin, "MINI_MLFLOW_PORT": _free_port(),
-            "MINI_RAY_PORT": _free_port(), "MINI_RAY_DASHBOARD_PORT": _free_port(),
-            "MINI_RAY_CLIENT_PORT": _free_port(), "MINI_RAY_AGENT_PORT": _free_port()}
+    ports, taken = {}, set()
+    for name in ("S3", "S3_MASTER", "S3_VOLUME", "S3_FILER", "S3_ADMIN"):
+        while (port := free_port_pair()) in taken or port + 10000 in taken:
+            pass
+        ports[f"MINI_{name}_PORT"] = port
+        taken |= {port, port + 10000}
+    for name in ("MLFLOW", "RAY", "RAY_DASHBOARD", "RAY_CLIENT", "RAY_AGENT"):
+        while (port := _free_port()) in taken:
+            pass
+        ports[f"MINI_{name}_PORT"] = port
+        taken.add(port)
+    return ports
 
 
 def test_start_refuses_a_taken_port_before_starting_anything(tmp_path):
