@@ -13,6 +13,7 @@ decode task asks "has anyone stored these pixels yet?". It remembers which key
 claimed each pixel hash, so a task Ray retries after a failure re-admits its own
 rows instead of mistaking them for duplicates. Unusable items are reported to the
 same ledger and listed in the manifest with their reason; they never stop the run.
+The ledger holds about 150 bytes per stored image (some 450 MB for LSUN's 3 million).
 """
 
 from __future__ import annotations
