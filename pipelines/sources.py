@@ -436,16 +436,18 @@ def open_source(spec: str, *, limit: int | None = None, synthetic_images: int = 
         if manifest.get("format") != FORMAT:
             raise SourceError(f"{spec}/{MANIFEST} is not a {FORMAT} manifest (format={manifest.get('format')!r})")
         return IngestedDataset(spec, manifest, limit)
-    if LMDB_DATA in names or Path(root).name == LMDB_DATA:
-        folder = root if LMDB_DATA in names else str(Path(root).parent)
-        local = _download_lmdb(spec) if storage.is_s3(spec) else folder
-        return _open_lmdb(local, spec, limit)
+    if LMDB_DATA in names:
+        folder = spec.rstrip("/").removesuffix(LMDB_DATA).rstrip("/") if spec.rstrip("/").endswith(LMDB_DATA) else spec
+        return _open_lmdb(_download_lmdb(folder) if storage.is_s3(spec) else root, spec, limit)
     images = sorted(i.path for i in files if is_image_name(i.path))
     if not images:
         where = f"through {storage.s3_endpoint() or 'AWS S3'}" if storage.is_s3(spec) else f"({root})"
+        nested = sorted(n.removesuffix(LMDB_DATA).rstrip("/") for n in names if n.endswith("/" + LMDB_DATA))
+        hint = f"; it holds LMDB exports in {', '.join(nested[:3])}: pass one of those folders" if nested else ""
         raise SourceError(
             f"source {spec} holds no images {where}: no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} files below it "
             f"({len(files)} other files), no LSUN LMDB export ({LMDB_DATA}) and no ingested dataset ({MANIFEST})"
+            f"{hint}"
         )
     if limit is not None:
         images = images[:limit]

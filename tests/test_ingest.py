@@ -89,6 +89,16 @@ def test_missing_and_empty_sources_fail_at_once_naming_them(tmp_path):
     with pytest.raises(SourceError, match="empty_lmdb is empty"):
         open_source(str(tmp_path / "empty_lmdb"))
 
+    # An LMDB export one folder down is pointed out; its data.mdb itself is a valid spec.
+    (tmp_path / "lsun").mkdir()
+    env = lmdb.open(str(tmp_path / "lsun" / "bedroom_train_lmdb"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"a" * 40, b"not decoded here")
+    env.close()
+    with pytest.raises(SourceError, match="LMDB exports in bedroom_train_lmdb: pass one of those folders"):
+        open_source(str(tmp_path / "lsun"))
+    assert open_source(str(tmp_path / "lsun" / "bedroom_train_lmdb" / "data.mdb")).count == 1
+
 
 # --- whole ingests on a real Ray cluster -------------------------------------------
 
