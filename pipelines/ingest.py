@@ -14,6 +14,12 @@ claimed each pixel hash, so a task Ray retries after a failure re-admits its own
 rows instead of mistaking them for duplicates. Unusable items are reported to the
 same ledger and listed in the manifest with their reason; they never stop the run.
 The ledger holds about 150 bytes per stored image (some 450 MB for LSUN's 3 million).
+
+On a cluster the read tasks open s3:// sources with the AWS settings of their own
+node (instance role, ~/.aws or the AWS_* variables there), never with credentials
+shipped from the driver. An LMDB export is read on the driver's node (an s3:// one
+is first copied there, to $DCGAN_CACHE or ~/.cache/dcgan-ray); on a multi-node
+cluster its images are decoded and written all over the cluster.
 """
 
 from __future__ import annotations
