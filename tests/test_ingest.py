@@ -14,7 +14,8 @@ from PIL import Image
 from pipelines import storage
 from pipelines.dataset_format import IMAGE, KEY, PIXEL_SHA256, content_hash, decode_images, read_columns
 from pipelines.image_decode import UnreadableImage, decode_square
-from pipelines.ingest import IngestError, IngestLedger, ingest, main
+from pipelines.ingest import IngestError, ingest, main
+from pipelines.ingest_ledger import IngestLedger
 from pipelines.sources import SourceError, open_source
 
 RES = 32
