@@ -14,7 +14,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.dataset_format import IMAGE, KEY, SCHEMA, pixel_sha256
+from pipelines.dataset_format import KEY, PIXEL_SHA256, SCHEMA
 from pipelines.sources import REASON
 
 
@@ -26,8 +26,12 @@ class IngestLedger:
         self._duplicates: set[str] = set()
         self._skipped: dict[str, str] = {}
 
-    def admit(self, keys: list[str], digests: list[bytes]) -> list[bool]:
-        """For each item: store it (its pixels are new, or it already claimed them) or drop it."""
+    def admit(self, keys: list[str], digests: list[bytes], skipped: list[tuple[str, str]] = ()) -> list[bool]:
+        """For each item: store it (its pixels are new, or it already claimed them) or drop it.
+
+        ``skipped``: (key, reason) of the block's unusable items, recorded in the same call.
+        """
+        self._skipped.update(skipped)
         keep = []
         for key, digest in zip(keys, digests):
             owner = self._claimed_by.setdefault(digest, hash(key))
@@ -36,9 +40,6 @@ class IngestLedger:
             if not is_first:
                 self._duplicates.add(key)
         return keep
-
-    def skip(self, items: list[tuple[str, str]]) -> None:
-        self._skipped.update(items)
 
     def processed(self) -> int:
         return len(self._claimed_by) + len(self._duplicates) + len(self._skipped)
@@ -52,18 +53,13 @@ class IngestLedger:
 
 
 def finish_batch(batch: pa.Table, ledger) -> pa.Table:
-    """Decoded rows -> the dataset's rows: hash, record the unusable, drop exact duplicates."""
+    """Decoded rows -> the dataset's rows: record the unusable, drop exact duplicates."""
     import ray
 
-    usable = pc.is_null(batch.column(REASON)).to_pylist()
-    keys = batch.column(KEY).to_pylist()
-    reasons = batch.column(REASON).to_pylist()
-    skipped = [(k, r) for k, r, ok in zip(keys, reasons, usable) if not ok]
-    good = batch.filter(pa.array(usable, pa.bool_()))
-    images = good.column(IMAGE).to_pylist()
-    hashes = [pixel_sha256(img) for img in images]
-    keep = ray.get(ledger.admit.remote(good.column(KEY).to_pylist(), [bytes.fromhex(h) for h in hashes])) if hashes else []
-    if skipped:
-        ray.get(ledger.skip.remote(skipped))
-    rows = pa.Table.from_arrays([good.column(KEY), good.column(IMAGE), pa.array(hashes, pa.string())], schema=SCHEMA)
-    return rows.filter(pa.array(keep, pa.bool_()))
+    usable = pc.is_null(batch.column(REASON))
+    bad = batch.filter(pc.invert(usable))
+    good = batch.filter(usable).select(SCHEMA.names)
+    skipped = list(zip(bad.column(KEY).to_pylist(), bad.column(REASON).to_pylist()))
+    digests = [bytes.fromhex(h) for h in good.column(PIXEL_SHA256).to_pylist()]
+    keep = ray.get(ledger.admit.remote(good.column(KEY).to_pylist(), digests, skipped))
+    return good.filter(pa.array(keep, pa.bool_()))

@@ -73,8 +73,7 @@ def test_ledger_drops_repeated_pixels_but_readmits_a_retried_item():
     a, b = b"\x01" * 32, b"\x02" * 32
     assert ledger.admit(["x", "y"], [a, b]) == [True, True]
     assert ledger.admit(["x"], [a]) == [True]  # Ray retried the task that stored x: keep it, it is not a copy
-    assert ledger.admit(["z", "w"], [a, b"\x03" * 32]) == [False, True]  # z repeats x's pixels
-    ledger.skip([("bad.jpg", "empty file (0 bytes)")])
+    assert ledger.admit(["z", "w"], [a, b"\x03" * 32], [("bad.jpg", "empty file (0 bytes)")]) == [False, True]
     assert ledger.summary() == {"stored": 3, "duplicates": 1, "skipped": [{"source": "bad.jpg", "reason": "empty file (0 bytes)"}]}
     assert ledger.processed() == 5
 
