@@ -11,8 +11,8 @@ feed_img_s    how fast one Ray Train worker's shard (``get_dataset_shard`` +
 step_img_s    what one DCGAN training step (Algorithm 1, k=1, 64x64, batch 64, the
               paper's networks) consumes on this machine's CPU, all cores.
 
-Ingest and limit alternate in rounds and the medians are reported, so load from
-other processes hits both alike. Ray's workers run at the pool's priority (niceness
+Ingest and limit alternate in rounds and the medians are reported (and the median of
+the per-round ratios), so load from other processes hits both alike. Ray's workers run at the pool's priority (niceness
 0; Ray's default is 15, reported separately as ``ratio_at_default_niceness``).
 Prints progress, then one JSON object last.
 """
@@ -137,7 +137,7 @@ def step_rate(batch: int, resolution: int, iters: int) -> float:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=8000, help="how many of the shared LSUN JPEGs")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--feed-epochs", type=int, default=3)
@@ -217,6 +217,7 @@ def main(argv=None):
         "feed_img_s": round(feed, 1),
         "step_img_s": round(step, 1),
         "feed_ratio": round(feed / step, 1),
+        "ratio_paired_median": round(statistics.median(i / l for i, l in zip(ingests, limits)), 3),
         "ray_worker_niceness": 0,
         "ratio_at_default_niceness": round(default_rate / default_limit, 3),
         "ingest_img_s_default_niceness": round(default_rate, 1),

@@ -95,12 +95,15 @@ class ScalingConfig(_Section):
 class EvalConfig(_Section):
     fid_every: int = Field(0, ge=0, description="iterations between FID evaluations during training (0: off)")
     fid_samples: int = Field(10000, ge=2)
+    reference_images: int | None = Field(
+        50000, ge=2, description="training images (a seeded subset) behind the FID reference statistics; null: all")
     final_fid: bool = True
     batch_size: int = Field(50, ge=1)
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(1000, ge=2)
     audit: bool = True
     audit_samples: int = Field(1000, ge=1)
+    audit_autoencoder_steps: int = Field(2000, ge=1, description="training steps of the audit's denoising autoencoder")
 
 
 class TrackingConfig(_Section):
@@ -127,14 +130,17 @@ class PipelineConfig(_Section):
     def dataset_uri(self) -> str:
         if self.data.dataset:
             return self.data.dataset
-        slug = "synthetic" if self.data.source == "synthetic" else _slug(self.data.source)
+        if self.data.source == "synthetic":  # the recipe is the dataset: name it in full
+            slug = f"synthetic-{self.data.synthetic_images}-s{self.data.synthetic_seed}"
+        else:
+            slug = _slug(self.data.source) + (f"-first{self.data.limit}" if self.data.limit else "")
         return join_uri(self.storage, "datasets", f"{slug}-{self.model.resolution}px")
 
     @property
     def registered_model_name(self) -> str:
         if self.tracking.registered_model:
             return self.tracking.registered_model
-        return "dcgan-" + self.dataset_uri.rstrip("/").split("/")[-1]
+        return "dcgan-" + self.dataset_uri.rstrip("/").split("/")[-1]  # one registered model per dataset
 
     @property
     def checkpoints_uri(self) -> str:

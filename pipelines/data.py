@@ -6,8 +6,8 @@ shard (``ray.train.get_dataset_shard("train")``) into float NCHW tensors in [-1,
 
 Shards are disjoint and cover the dataset once per epoch: Ray Train's default
 DataConfig gives each worker one output of ``streaming_split(num_workers, equal=True)``.
-Which rows a worker gets is decided afresh every epoch (Ray hands out blocks as
-workers ask for them), so nothing pins an image to one rank.
+Which rows a worker gets can change from epoch to epoch (the file order is reshuffled
+and Ray hands out blocks as workers ask for them), so nothing pins an image to a rank.
 
 DDP constraint: every rank must see the same number of batches per epoch, or one
 rank waits in an all-reduce that the others never join. ``equal=True`` gives every
@@ -74,6 +74,8 @@ def epoch_batches(shard, batch_size: int, resolution: int, epoch: int, seed: int
     """One epoch of this worker's shard as float NCHW batches in [-1, 1] (drop_last).
 
     ``shuffle_buffer``: rows held for the local shuffle (None or 0: keep the read order).
+    1024 rows (12 MiB at 64 px) still fed ~2,000-6,000 img/s on a loaded 2-core CPU
+    (benchmarks/ingest.py), far above what a training step consumes there.
     """
     kwargs = {}
     if shuffle_buffer:

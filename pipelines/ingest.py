@@ -8,11 +8,14 @@ crop, antialiased resize -> hash the pixels and drop exact duplicates -> write P
 shards of about ``data.shard_mb`` -> manifest.json, written last, so an ingest that
 dies half way never looks complete (the next run clears its shards and starts over).
 
-Exact duplicates are dropped across blocks by one small ledger actor that every
-decode task asks "has anyone stored these pixels yet?". It remembers which key
-claimed each pixel hash, so a task Ray retries after a failure re-admits its own
-rows instead of mistaking them for duplicates. Unusable items are reported to the
-same ledger and listed in the manifest with their reason; they never stop the run.
+Exact duplicates are dropped across blocks, and unusable items counted, by one small
+ledger actor (pipelines/ingest_ledger.py); they never stop the run.
+
+On a cluster the read tasks open s3:// sources with the AWS settings of their own
+node (instance role, ~/.aws or the AWS_* variables there), never with credentials
+shipped from the driver. An LMDB export is read on the driver's node (an s3:// one
+is first copied there, to $DCGAN_CACHE or ~/.cache/dcgan-ray); on a multi-node
+cluster its images are decoded and written all over the cluster.
 """
 
 from __future__ import annotations
@@ -23,72 +26,22 @@ import sys
 import threading
 import time
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.cluster import init_ray
 from pipelines.config import ConfigError, PipelineConfig, load_config
 from pipelines.dataset_format import (
-    FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, SCHEMA, SHARD_SUFFIX, content_hash, pixel_sha256, read_columns, rows_per_shard,
+    FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, SHARD_SUFFIX, content_hash, read_columns, rows_per_shard,
 )
-from pipelines.sources import REASON, SYNTHETIC, Source, SourceError, open_source, read_tasks
+from pipelines.ingest_ledger import IngestLedger, finish_batch
+from pipelines.sources import SYNTHETIC, Source, SourceError, open_source, read_tasks
 
 
 class IngestError(RuntimeError):
     """An ingest that cannot go on; the message says why and what to do."""
 
 
-class IngestLedger:
-    """Run as one Ray actor: which pixel hashes are stored, which items were dropped and why."""
-
-    def __init__(self):
-        self._claimed_by: dict[bytes, int] = {}  # pixel digest -> hash of the key that claimed it
-        self._duplicates: set[str] = set()
-        self._skipped: dict[str, str] = {}
-
-    def admit(self, keys: list[str], digests: list[bytes]) -> list[bool]:
-        """For each item: store it (its pixels are new, or it already claimed them) or drop it."""
-        keep = []
-        for key, digest in zip(keys, digests):
-            owner = self._claimed_by.setdefault(digest, hash(key))
-            is_first = owner == hash(key)
-            keep.append(is_first)
-            if not is_first:
-                self._duplicates.add(key)
-        return keep
-
-    def skip(self, items: list[tuple[str, str]]) -> None:
-        self._skipped.update(items)
-
-    def processed(self) -> int:
-        return len(self._claimed_by) + len(self._duplicates) + len(self._skipped)
-
-    def summary(self) -> dict:
-        return {
-            "stored": len(self._claimed_by),
-            "duplicates": len(self._duplicates),
-            "skipped": [{"source": k, "reason": r} for k, r in sorted(self._skipped.items())],
-        }
-
-
-def _finish_batch(batch: pa.Table, ledger) -> pa.Table:
-    """Decoded rows -> the dataset's rows: hash, record the unusable, drop exact duplicates."""
-    import ray
-
-    usable = pc.is_null(batch.column(REASON)).to_pylist()
-    keys = batch.column(KEY).to_pylist()
-    reasons = batch.column(REASON).to_pylist()
-    skipped = [(k, r) for k, r, ok in zip(keys, reasons, usable) if not ok]
-    good = batch.filter(pa.array(usable, pa.bool_()))
-    images = good.column(IMAGE).to_pylist()
-    hashes = [pixel_sha256(img) for img in images]
-    keep = ray.get(ledger.admit.remote(good.column(KEY).to_pylist(), [bytes.fromhex(h) for h in hashes])) if hashes else []
-    if skipped:
-        ray.get(ledger.skip.remote(skipped))
-    rows = pa.Table.from_arrays([good.column(KEY), good.column(IMAGE), pa.array(hashes, pa.string())], schema=SCHEMA)
-    return rows.filter(pa.array(keep, pa.bool_()))
 
 
 def _prepare_output(out: str) -> None:
@@ -168,7 +121,7 @@ def ingest(source: str | Source, out: str, resolution: int, *, limit: int | None
     ledger = ray.remote(IngestLedger).options(num_cpus=0).remote()
     tasks = read_tasks(src.count, rows_per_shard(shard_mb, resolution))
     rows = src.pixels(resolution, tasks).map_batches(
-        _finish_batch, fn_kwargs={"ledger": ledger}, batch_format="pyarrow", batch_size=None
+        finish_batch, fn_kwargs={"ledger": ledger}, batch_format="pyarrow", batch_size=None
     )
     fs, path = storage.filesystem(out)
     with _ProgressBar(ledger, src.count, progress):

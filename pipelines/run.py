@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-from pathlib import Path
 
 from pipelines import storage, tracking
 from pipelines.config import ConfigError, PipelineConfig, load_config
@@ -30,12 +28,6 @@ def preflight(cfg: PipelineConfig) -> str:
     return uri
 
 
-def _log_json(obj: dict, name: str) -> None:
-    import mlflow
-
-    mlflow.log_dict(obj, name)
-
-
 def ingest_step(cfg: PipelineConfig, uri: str, parent_id: str) -> dict:
     import mlflow
 
@@ -47,23 +39,18 @@ def ingest_step(cfg: PipelineConfig, uri: str, parent_id: str) -> dict:
         mlflow.log_params({"source": manifest.get("source", cfg.data.source), "dataset_uri": cfg.dataset_uri})
         mlflow.log_metrics({"images": manifest["count"], "skipped": len(manifest.get("skipped", [])),
                             "duplicates": manifest.get("duplicates", 0)})
-        _log_json(manifest, "manifest.json")
+        mlflow.log_dict(manifest, "manifest.json")
     return manifest
 
 
 def evaluate_step(cfg: PipelineConfig, uri: str, parent_id: str, generator, manifest: dict) -> dict:
-    import mlflow
-
-    from pipelines.evaluate import evaluate_generator
+    from pipelines.evaluate import evaluate_generator, log_to_mlflow, workers_for
 
     with tracking.run(uri, cfg.tracking.experiment, run_name="evaluate", parent_run_id=parent_id,
-                      tags={"pipeline_step": "evaluate"}):
-        result = evaluate_generator(generator, cfg.dataset_uri, cfg, manifest=manifest)
-        mlflow.log_metrics(result.metrics)
-        if result.audit is not None:
-            _log_json(result.audit, "audit/report.json")
-        for path in result.grids.values():
-            mlflow.log_artifact(str(path), "evaluation")
+                      tags={"pipeline_step": "evaluate"}) as active:
+        result = evaluate_generator(generator, cfg.dataset_uri, cfg, manifest=manifest,
+                                    workers=workers_for(cfg), use_gpu=cfg.scaling.use_gpu)
+        log_to_mlflow(result, uri, run_id=active.info.run_id, step=cfg.train.iterations)
     return result.metrics | ({"audit": result.audit} if result.audit is not None else {})
 
 
@@ -80,7 +67,6 @@ def register_step(cfg: PipelineConfig, generator, manifest: dict, evaluation: di
     tags = {registry.FID_TAG: fid, "fid_metric": fid_key or "none", registry.DATASET_TAG: manifest["content_hash"],
             "kid": evaluation.get(kid_key, "none"), "git_commit": git_commit(),
             "audit_exact_collision_fraction": audit.get("exact_collision_fraction", "none"),
-            "audit_flagged_fraction": audit.get("flagged_fraction", "none"),
             "resolution": cfg.model.resolution}
     name = cfg.registered_model_name
     version = registry.register(info.model_uri, name, tags)
@@ -96,7 +82,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     uri = preflight(cfg)
     # Torch and Ray load only now: a missing service is reported before they take seconds to import.
     from pipelines.checkpoints import generator_from_state, load_state
-    from pipelines.train import checkpoint_uri, git_commit, init_ray, run_training, unique_run_name
+    from pipelines.cluster import init_ray
+    from pipelines.train import checkpoint_uri, git_commit, run_training, unique_run_name
 
     init_ray(cfg)
     tags = {"pipeline_step": "pipeline", "git_commit": git_commit(), "config_name": cfg.name}
@@ -116,9 +103,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         summary = {"run_id": parent_id, "train_run_id": train_run_id, "checkpoint": ckpt,
                    "tracking_uri": uri, "experiment": cfg.tracking.experiment, "registered": registered,
                    "metrics": scalar}
-        with tempfile.TemporaryDirectory() as tmp:
-            Path(tmp, "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-            mlflow.log_artifact(str(Path(tmp, "summary.json")))
+        mlflow.log_dict(json.loads(json.dumps(summary, default=str)), "summary.json")
     return summary
 
 

@@ -12,8 +12,9 @@
 :func:`open_source` finds which one a spec names, lists it (applying ``limit``) and
 fails at once, naming what was missing and where, when there is nothing to read.
 ``Source.pixels(resolution, tasks)`` is a Ray Dataset, read by ``tasks`` tasks, with
-one row per source item: ``key``, ``image`` (raw RGB pixels at the target resolution,
-empty when unusable) and ``reason`` (why the item is unusable, null when it is fine).
+one row per source item: the dataset's columns (``key``, ``image`` = raw RGB pixels at
+the target resolution, ``pixel_sha256``; empty when unusable) and ``reason`` (why the
+item is unusable, null when it is fine).
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipelines import storage
-from pipelines.dataset_format import FORMAT, IMAGE, KEY, MANIFEST, SHARD_SUFFIX, decode_images
+from pipelines.dataset_format import FORMAT, IMAGE, KEY, MANIFEST, SCHEMA, SHARD_SUFFIX, decode_images, pixel_sha256
 from pipelines.image_decode import IMAGE_SUFFIXES, UnreadableImage, decode_square, is_image_name, square_resize
 
 SYNTHETIC = "synthetic"
 REASON = "reason"
 LMDB_DATA = "data.mdb"
-DECODED_SCHEMA = pa.schema([(KEY, pa.string()), (IMAGE, pa.binary()), (REASON, pa.string())])
+DECODED_SCHEMA = pa.schema(list(zip(SCHEMA.names, SCHEMA.types)) + [(REASON, pa.string())])
+BLOCK_ROWS = 1024  # encoded images per block a read task yields (~20 MB of JPEGs)
 S3_READ_THREADS = 16
 TASKS_PER_CPU = 4  # measured with benchmarks/ingest.py: 2 left a core idle at the end of runs
 
@@ -47,8 +49,11 @@ class SourceError(RuntimeError):
 
 
 def decoded_table(keys: list[str], images: list[bytes], reasons: list[str | None]) -> pa.Table:
+    """The decoded rows, hashed here, where the pixel bytes are already at hand."""
+    hashes = [None if reason else pixel_sha256(image) for image, reason in zip(images, reasons)]
     return pa.Table.from_arrays(
-        [pa.array(keys, pa.string()), pa.array(images, pa.binary()), pa.array(reasons, pa.string())],
+        [pa.array(keys, pa.string()), pa.array(images, pa.binary()), pa.array(hashes, pa.string()),
+         pa.array(reasons, pa.string())],
         schema=DECODED_SCHEMA,
     )
 
@@ -105,7 +110,7 @@ def read_parts(parts: list[tuple[Callable[[], Iterable[pa.Table]], int]], ray_re
                                     override_num_blocks=len(parts))
 
 
-def _read_files(fs: pafs.FileSystem, paths: list[str], threads: int, block_rows: int = 256):
+def _read_files(fs: pafs.FileSystem, paths: list[str], threads: int, block_rows: int = BLOCK_ROWS):
     """Blocks of (path, bytes, error): a file that cannot be read becomes an error, not a crash."""
 
     def read(path: str) -> tuple[bytes | None, str | None]:
@@ -188,7 +193,7 @@ def _lmdb_env(path: str):
     return lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False, max_readers=512)
 
 
-def _read_lmdb_range(path: str, first_key: bytes, count: int, block_rows: int = 256):
+def _read_lmdb_range(path: str, first_key: bytes, count: int, block_rows: int = BLOCK_ROWS):
     """Blocks of (key, bytes) for ``count`` entries from ``first_key`` on, in key order."""
     env = _lmdb_env(path)
     try:
@@ -252,10 +257,14 @@ class LmdbExport:
 
         ranges = _lmdb_ranges(self.path, self.count, tasks)
         parts = [(partial(_read_lmdb_range, self.path, first, n), n) for first, n in ranges]
-        # The export is a file on this node's disk: read it here.
+        # The export is a file on this node's disk: read it here. On one node, decode and
+        # write fuse with the read (no copies); with more nodes, the encoded images are
+        # shipped out so that every node decodes.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        several_nodes = sum(1 for node in ray.nodes() if node["Alive"]) > 1
         return read_parts(parts, {"scheduling_strategy": here}).map_batches(
-            partial(_decode_lmdb, resolution=resolution), batch_format="pyarrow", batch_size=None
+            partial(_decode_lmdb, resolution=resolution), batch_format="pyarrow", batch_size=None,
+            **({"scheduling_strategy": "SPREAD"} if several_nodes else {}),
         )
 
 
@@ -436,16 +445,18 @@ def open_source(spec: str, *, limit: int | None = None, synthetic_images: int = 
         if manifest.get("format") != FORMAT:
             raise SourceError(f"{spec}/{MANIFEST} is not a {FORMAT} manifest (format={manifest.get('format')!r})")
         return IngestedDataset(spec, manifest, limit)
-    if LMDB_DATA in names or Path(root).name == LMDB_DATA:
-        folder = root if LMDB_DATA in names else str(Path(root).parent)
-        local = _download_lmdb(spec) if storage.is_s3(spec) else folder
-        return _open_lmdb(local, spec, limit)
+    if LMDB_DATA in names:
+        folder = spec.rstrip("/").removesuffix(LMDB_DATA).rstrip("/") if spec.rstrip("/").endswith(LMDB_DATA) else spec
+        return _open_lmdb(_download_lmdb(folder) if storage.is_s3(spec) else root, spec, limit)
     images = sorted(i.path for i in files if is_image_name(i.path))
     if not images:
         where = f"through {storage.s3_endpoint() or 'AWS S3'}" if storage.is_s3(spec) else f"({root})"
+        nested = sorted(n.removesuffix(LMDB_DATA).rstrip("/") for n in names if n.endswith("/" + LMDB_DATA))
+        hint = f"; it holds LMDB exports in {', '.join(nested[:3])}: pass one of those folders" if nested else ""
         raise SourceError(
             f"source {spec} holds no images {where}: no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} files below it "
             f"({len(files)} other files), no LSUN LMDB export ({LMDB_DATA}) and no ingested dataset ({MANIFEST})"
+            f"{hint}"
         )
     if limit is not None:
         images = images[:limit]

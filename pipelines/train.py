@@ -18,6 +18,7 @@ noise are restored exactly.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -40,6 +41,9 @@ from pipelines.data import epoch_batches, read_manifest, train_dataset
 from pipelines.distributed import convert_sync_batchnorm, ddp_kwargs, replica_divergence
 from pipelines.hardware import step_options
 
+# A logger, not print: Ray Train tees a worker's print to its logger *and* stdout, which
+# shows every line twice on the driver's console.
+log = logging.getLogger("dcgan.train")
 SAMPLE_GRID_SIZE = 64
 FIXED_NOISE_SEED = 1234
 
@@ -132,7 +136,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         position = _DataPosition(*state["data_position"])
         pending = state.get("pending_metrics", [])
         if rank == 0:
-            print(f"[train] resumed at iteration {start} (epoch {position.epoch}, batch {position.batch})", flush=True)
+            log.info(f"[train] resumed at iteration {start} (epoch {position.epoch}, batch {position.batch})")
     fixed_noise = fixed_noise.to(device)
 
     noise_gen = torch.Generator(device=device)
@@ -164,7 +168,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     def checkpoint(iteration: int, last_metrics: dict[str, float]) -> None:
         divergence = replica_divergence(g_bare, d_bare)  # a collective: every rank calls it
         if divergence and rank == 0:
-            print(f"[train] WARNING: replicas differ by {divergence:g} at iteration {iteration}", flush=True)
+            log.warning(f"[train] replicas differ by {divergence:g} at iteration {iteration}")
         report = {"iteration": iteration, "epoch": position.epoch, "replica_divergence": divergence, **last_metrics}
         if rank != 0:
             ray.train.report(report, checkpoint=None)
@@ -189,7 +193,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     epoch_seen = position.epoch
     for iteration in range(start + 1, total + 1):
         if cfg.train.fail_at_iteration == iteration and state is None and rank == world - 1:
-            print(f"[train] fault injection: rank {rank} exits at iteration {iteration}", flush=True)
+            log.info(f"[train] fault injection: rank {rank} exits at iteration {iteration}")
             os._exit(1)
         noise_gen.manual_seed(_iteration_seed(cfg.train.seed, rank, iteration))
         window.append(step(batches))
@@ -205,9 +209,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics_buffer.add(iteration, {"images_per_second": rate, "epoch": float(position.epoch)})
             if rank == 0:
                 eta = (total - iteration) * (now - t_start) / max(1, iteration - start)
-                print(f"[train] iter {iteration}/{total} epoch {position.epoch} loss_d {last['loss_d']:.3f} "
-                      f"loss_g {last['loss_g']:.3f} D(x) {last['d_real']:.2f} D(G(z)) {last['d_fake']:.2f}/"
-                      f"{last['d_fake_g']:.2f} {rate:.0f} img/s ETA {eta:.0f}s", flush=True)
+                log.info(f"[train] iter {iteration}/{total} epoch {position.epoch} loss_d {last['loss_d']:.3f} "
+                         f"loss_g {last['loss_g']:.3f} D(x) {last['d_real']:.2f} D(G(z)) {last['d_fake']:.2f}/"
+                         f"{last['d_fake_g']:.2f} {rate:.0f} img/s ETA {eta:.0f}s")
             window, t_window = [], time.perf_counter()
 
         new_epoch = position.epoch != epoch_seen
@@ -224,7 +228,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         scores = evaluator(g_bare, iteration) if evaluate else {}
         if rank == 0 and scores:
             metrics_buffer.add(iteration, scores)
-            print(f"[train] iter {iteration} " + " ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
+            log.info(f"[train] iter {iteration} " + " ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         if iteration % cfg.train.checkpoint_every == 0 or final or evaluate:
             checkpoint(iteration, last | scores)
 
@@ -302,9 +306,21 @@ def prepare(cfg: PipelineConfig) -> tuple[str, dict]:
     return uri, ensure_dataset(cfg)
 
 
-def run_training(cfg: PipelineConfig, parent_run_id: str | None = None, evaluator: Callable | None = None):
+def make_evaluator(cfg: PipelineConfig, manifest: dict) -> Callable | None:
+    """The in-training FID/KID evaluator (every ``eval.fid_every`` iterations), or None when off."""
+    if not cfg.eval.fid_every:
+        return None
+    from pipelines.evaluate import TrainingEvaluator, reference_stats
+
+    # Computed (or found in the cache) here, before training, not by rank 0 alone mid-run.
+    reference_stats(cfg.dataset_uri, manifest, cfg)
+    return TrainingEvaluator(cfg, manifest)
+
+
+def run_training(cfg: PipelineConfig, parent_run_id: str | None = None):
     """The training step with its own MLflow run (nested under parent_run_id when given)."""
     tracking_uri, manifest = prepare(cfg)
+    evaluator = make_evaluator(cfg, manifest)
     resumed_run_id = load_state(cfg.train.resume_from).get("mlflow_run_id") if cfg.train.resume_from else None
     run_name = unique_run_name(cfg)
     tags = {"dataset_hash": manifest["content_hash"], "dataset_uri": cfg.dataset_uri, "git_commit": git_commit(),
@@ -319,7 +335,7 @@ def run_training(cfg: PipelineConfig, parent_run_id: str | None = None, evaluato
                      evaluator=evaluator)
         if result.error:
             raise result.error
-        mlflow.set_tag("checkpoint", result.checkpoint.path if result.checkpoint else "")
+        mlflow.set_tag("checkpoint", checkpoint_uri(result) if result.checkpoint else "")
         return active.info.run_id, result, manifest
 
 

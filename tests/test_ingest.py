@@ -14,7 +14,8 @@ from PIL import Image
 from pipelines import storage
 from pipelines.dataset_format import IMAGE, KEY, PIXEL_SHA256, content_hash, decode_images, read_columns
 from pipelines.image_decode import UnreadableImage, decode_square
-from pipelines.ingest import IngestError, IngestLedger, ingest, main
+from pipelines.ingest import IngestError, ingest, main
+from pipelines.ingest_ledger import IngestLedger
 from pipelines.sources import SourceError, open_source
 
 RES = 32
@@ -65,8 +66,7 @@ def test_ledger_drops_repeated_pixels_but_readmits_a_retried_item():
     a, b = b"\x01" * 32, b"\x02" * 32
     assert ledger.admit(["x", "y"], [a, b]) == [True, True]
     assert ledger.admit(["x"], [a]) == [True]  # Ray retried the task that stored x: keep it, it is not a copy
-    assert ledger.admit(["z", "w"], [a, b"\x03" * 32]) == [False, True]  # z repeats x's pixels
-    ledger.skip([("bad.jpg", "empty file (0 bytes)")])
+    assert ledger.admit(["z", "w"], [a, b"\x03" * 32], [("bad.jpg", "empty file (0 bytes)")]) == [False, True]
     assert ledger.summary() == {"stored": 3, "duplicates": 1, "skipped": [{"source": "bad.jpg", "reason": "empty file (0 bytes)"}]}
     assert ledger.processed() == 5
 
@@ -81,6 +81,16 @@ def test_missing_and_empty_sources_fail_at_once_naming_them(tmp_path):
     lmdb.open(str(tmp_path / "empty_lmdb"), map_size=1 << 20).close()
     with pytest.raises(SourceError, match="empty_lmdb is empty"):
         open_source(str(tmp_path / "empty_lmdb"))
+
+    # An LMDB export one folder down is pointed out; its data.mdb itself is a valid spec.
+    (tmp_path / "lsun").mkdir()
+    env = lmdb.open(str(tmp_path / "lsun" / "bedroom_train_lmdb"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"a" * 40, b"not decoded here")
+    env.close()
+    with pytest.raises(SourceError, match="LMDB exports in bedroom_train_lmdb: pass one of those folders"):
+        open_source(str(tmp_path / "lsun"))
+    assert open_source(str(tmp_path / "lsun" / "bedroom_train_lmdb" / "data.mdb")).count == 1
 
 
 # --- whole ingests on a real Ray cluster -------------------------------------------

@@ -137,9 +137,9 @@ def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str,
 
     from pipelines import registry
     from pipelines.checkpoints import generator_from_state, load_state
-    from pipelines.evaluate import reference_stats
     from pipelines.ingest import ensure_dataset
-    from pipelines.train import git_commit, init_ray, unique_run_name
+    from pipelines.cluster import init_ray
+    from pipelines.train import git_commit, make_evaluator, unique_run_name
 
     if resume:
         state = json.loads(storage.read_bytes(storage.join(resume, STATE_FILE)))
@@ -161,7 +161,7 @@ def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str,
 
     t0 = time.time()
     manifest = ensure_dataset(base)
-    reference_stats(base.dataset_uri, manifest, base)  # once, cached beside the dataset, before trials race for it
+    make_evaluator(base, manifest)  # reference statistics once, cached beside the dataset, before trials race for them
     prep_s = time.time() - t0
 
     with tracking.run(uri, base.tracking.experiment, run_name=sweep_run_name, run_id=parent_id if resume else None,
