@@ -369,6 +369,10 @@ def test_registered_model_sits_in_s3_and_generates_images(cluster, job, tmp_path
     sizes = {k: cluster.s3().head_object(Bucket=cluster.bucket, Key=v)["ContentLength"] for k, v in files.items()}
     assert max(sizes.values()) > 10_000, f"no weights among the model's files: {sizes}"
 
+    documented = {m.group(1) for doc in DOCS if doc.exists()
+                  for m in re.finditer(r"dcgan generate --model models:/([\w.-]+)@champion", doc.read_text())}
+    assert name in documented, f"the docs' `dcgan generate` lines name {documented}, the smoke run registers {name}"
+
     # A user without S3 keys: the model comes through the tracking server.
     env = {k: v for k, v in cluster.env.items() if not k.startswith("AWS_")}
     out = tmp_path / "samples"
