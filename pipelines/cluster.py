@@ -29,4 +29,7 @@ def init_ray(cfg: PipelineConfig | None = None) -> None:
     cpus = os.cpu_count() or 1
     if cfg is not None:
         cpus = max(cpus, int(np.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)) + 1)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False)
+    # With the dashboard (on 127.0.0.1): Ray Train's placement-group cleaner asks the
+    # State API, which the dashboard serves, whether a trial's controller is gone; without
+    # it the workers of a trial that Tune stopped keep their CPUs and later trials starve.
+    ray.init(address="local", num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1")

@@ -104,6 +104,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    t_enter = time.perf_counter()
     cfg = PipelineConfig.model_validate(loop_config["pipeline"])
     tracking_uri, run_id = loop_config.get("tracking_uri"), loop_config.get("mlflow_run_id")
     evaluator = loop_config.get("evaluator")
@@ -190,6 +191,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     window: list[dict[str, torch.Tensor]] = []
     last: dict[str, float] = {}
     t_start = t_window = time.perf_counter()
+    eval_seconds = 0.0
     epoch_seen = position.epoch
     for iteration in range(start + 1, total + 1):
         if cfg.train.fail_at_iteration == iteration and state is None and rank == world - 1:
@@ -225,12 +227,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         evaluate = evaluator is not None and cfg.eval.fid_every and (iteration % cfg.eval.fid_every == 0 or final)
         # Every rank takes part: each generates and embeds its slice of the samples, and the
         # feature statistics are summed across workers before the FID is computed.
+        t_eval = time.perf_counter()
         scores = evaluator(g_bare, iteration) if evaluate else {}
+        eval_seconds += time.perf_counter() - t_eval
         if rank == 0 and scores:
             metrics_buffer.add(iteration, scores)
             log.info(f"[train] iter {iteration} " + " ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         if iteration % cfg.train.checkpoint_every == 0 or final or evaluate:
-            checkpoint(iteration, last | scores)
+            # Where this worker's time went so far: set-up (networks, data, resume), evaluation, training.
+            timing = {"setup_seconds": t_start - t_enter, "eval_seconds": eval_seconds,
+                      "train_seconds": time.perf_counter() - t_start - eval_seconds}
+            metrics_buffer.add(iteration, timing)
+            checkpoint(iteration, last | scores | timing)
 
 
 # ----------------------------------------------------------------------------- driver

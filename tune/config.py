@@ -64,9 +64,16 @@ class SweepConfig(BaseModel):
         return search
 
     def trial_config(self, params: dict[str, Any]) -> PipelineConfig:
-        """The pipeline config of one trial: preset + overrides + the sampled values."""
+        """The pipeline config of one trial: preset + overrides + the sampled values.
+
+        Every report a trial makes carries an FID (Tune checks each one for the metric),
+        so checkpoints follow the FID schedule: train.checkpoint_every = eval.fid_every.
+        """
         base = deep_merge(load_raw(self.preset), nest_dotted(self.pipeline))
-        return validate(deep_merge(base, nest_dotted(params)))
+        cfg = validate(deep_merge(base, nest_dotted(params)))
+        if cfg.eval.fid_every:
+            cfg.train.checkpoint_every = cfg.eval.fid_every
+        return cfg
 
     def check(self) -> PipelineConfig:
         """Validate the base config and every search key with a sample value."""

@@ -33,6 +33,7 @@ from pipelines.config import ConfigError, PipelineConfig
 from tune.config import SweepConfig, load_sweep
 
 STATE_FILE = "sweep.json"
+TRIAL_DRIVER_CPU = 0.1
 
 
 def search_space(sweep: SweepConfig) -> dict[str, Any]:
@@ -63,6 +64,7 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
     from mlflow.tracking import MlflowClient
 
+    from pipelines.data import read_manifest
     from pipelines.train import fit, make_evaluator
 
     ctx = config["context"]
@@ -83,15 +85,34 @@ def run_trial(config: dict[str, Any]) -> None:
             mlflow.log_params(tracking.params_from_config(cfg.flat()))
             mlflow.log_params({f"search.{k}": v for k, v in config["params"].items()})
         result = fit(cfg, run_name=f"{ctx['sweep_run_name']}-{trial_id}", tracking_uri=uri,
-                     mlflow_run_id=active.info.run_id, evaluator=make_evaluator(cfg, ctx["manifest"]),
-                     callbacks=[TuneReportCallback()])
+                     mlflow_run_id=active.info.run_id, evaluator=make_evaluator(cfg, read_manifest(cfg.dataset_uri)),
+                     callbacks=[TuneReportCallback()], keep_best_by=metric_name(cfg, sweep.metric))
         if result.error:
             raise result.error
 
 
+def _end_trial_runs(results, uri: str, experiment_id: str, parent_id: str, iterations: int) -> None:
+    """Give every trial's MLflow run a final state. A trial that ASHA stopped was ended by
+    Tune from outside (its actor killed), so its run is still RUNNING: it finished early."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id is None:
+            continue
+        for run in client.search_runs([experiment_id], f"tags.trial_id = '{trial_id}' and tags.sweep_run_id = '{parent_id}'"):
+            if run.info.status != "RUNNING":
+                continue
+            stopped = (result.metrics or {}).get("iteration", iterations) < iterations
+            client.set_tag(run.info.run_id, "stopped_early", str(stopped).lower())
+            client.set_terminated(run.info.run_id, "FAILED" if result.error else "FINISHED")
+
+
 def _trial_table(results, metric: str, search_keys: list[str]):
     df = results.get_dataframe(filter_metric=metric, filter_mode="min")
-    keep = ["trial_id", "iteration", metric, "checkpoint_path"] + [f"config/params/{k}" for k in search_keys]
+    keep = (["trial_id", "iteration", metric, "checkpoint_path", "time_total_s", "setup_seconds", "eval_seconds",
+             "train_seconds"] + [f"config/params/{k}" for k in search_keys])
     df = df[[c for c in keep if c in df.columns]].rename(columns={f"config/params/{k}": k for k in search_keys})
     return df.sort_values(metric)
 
@@ -125,7 +146,7 @@ def _plot(df, metric: str, path: Path) -> Path:
 
 
 def _cpus_needed(sweep: SweepConfig, base: PipelineConfig) -> int:
-    per_trial = base.scaling.num_workers * base.scaling.cpus_per_worker + 1  # + Ray Data's reads
+    per_trial = base.scaling.num_workers * base.scaling.cpus_per_worker + 1 + TRIAL_DRIVER_CPU  # + Ray Data's reads
     return int(sweep.max_concurrent_trials * per_trial + 0.999)
 
 
@@ -173,7 +194,9 @@ def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str,
             storage.write_bytes(storage.join(sweep_dir, STATE_FILE), json.dumps({
                 "sweep": sweep.model_dump(), "sweep_run_name": sweep_run_name, "parent_run_id": parent_id}).encode())
         metric = metric_name(base, sweep.metric)
-        trainable = tune.with_resources(run_trial, {"CPU": 0})
+        # The trial function only coordinates (its TorchTrainer asks for the workers'
+        # resources itself): a sliver of a CPU, so trials queue on the workers' resources.
+        trainable = tune.with_resources(run_trial, {"CPU": TRIAL_DRIVER_CPU})
         fs, path = storage.filesystem(sweep_dir)
         if resume and tune.Tuner.can_restore(storage.join(sweep_dir, "tune"), storage_filesystem=fs):
             tuner = tune.Tuner.restore(f"{path}/tune", trainable=trainable, resume_unfinished=True,
@@ -192,7 +215,7 @@ def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str,
                     raise ConfigError("searcher: optuna needs the optuna package: pip install optuna") from e
                 search_alg = OptunaSearch(seed=sweep.seed)
             context = {"sweep": sweep.model_dump(), "tracking_uri": uri, "experiment_id": experiment_id,
-                       "parent_run_id": parent_id, "sweep_run_name": sweep_run_name, "manifest": manifest}
+                       "parent_run_id": parent_id, "sweep_run_name": sweep_run_name}
             tuner = tune.Tuner(
                 trainable,
                 param_space={"params": search_space(sweep), "context": context},
@@ -205,10 +228,14 @@ def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str,
         results = tuner.fit()
         sweep_s = time.time() - t1
 
+        _end_trial_runs(results, uri, experiment_id, parent_id, base.train.iterations)
         df = _trial_table(results, metric, list(sweep.search))
         stopped_early = int((df["iteration"] < base.train.iterations).sum()) if "iteration" in df else 0
+        # Where the trials' time went: inside the training loop (set-up, evaluation, training)
+        # versus around it (trial actor, MLflow run, Ray Train controller and worker group start).
+        timing = _time_split(df)
         mlflow.log_metrics({"trials": len(df), "trials_stopped_early": stopped_early,
-                            "prepare_seconds": prep_s, "tune_seconds": sweep_s})
+                            "prepare_seconds": prep_s, "tune_seconds": sweep_s, **timing})
         with tempfile.TemporaryDirectory() as tmp:
             df.to_csv(Path(tmp, "trials.csv"), index=False)
             mlflow.log_artifact(str(Path(tmp, "trials.csv")))
@@ -230,7 +257,17 @@ def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str,
     return {"sweep_dir": sweep_dir, "parent_run_id": parent_id, "best_trial": best["trial_id"], "best_fid": best_fid,
             "model": f"models:/{base.registered_model_name}/{version.version}", "champion": promoted,
             "reason": reason, "trials": len(df), "stopped_early": stopped_early,
-            "prepare_seconds": round(prep_s, 1), "tune_seconds": round(sweep_s, 1)}
+            "prepare_seconds": round(prep_s, 1), "tune_seconds": round(sweep_s, 1),
+            **{k: round(v, 1) for k, v in timing.items()}}
+
+
+def _time_split(df) -> dict[str, float]:
+    cols = ["time_total_s", "setup_seconds", "eval_seconds", "train_seconds"]
+    if not all(c in df for c in cols):
+        return {}
+    total, setup, evaluation, training = (float(df[c].sum()) for c in cols)
+    return {"trial_seconds": total, "trial_startup_seconds": total - setup - evaluation - training,
+            "trial_setup_seconds": setup, "trial_eval_seconds": evaluation, "trial_train_seconds": training}
 
 
 def _checkpoint_uri(path: str, sweep_dir: str) -> str:
