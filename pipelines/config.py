@@ -40,7 +40,9 @@ class DataConfig(_Section):
     synthetic_seed: int = 0
     limit: int | None = Field(None, ge=1, description="ingest at most this many source images")
     shard_mb: int = Field(128, ge=1, le=4096, description="target size of one Parquet shard")
-    drop_near_duplicates: bool = Field(False, description="drop near-duplicate clusters at ingest (semantic hash)")
+    drop_near_duplicates: bool = Field(
+        False, description="keep one image per near-duplicate cluster (the audit's semantic hash), as the DCGAN paper did")
+    near_duplicate_radius: int = Field(0, ge=0, le=64, description="Hamming bits within which hashes are near-duplicates")
     shuffle: bool = True
 
 
@@ -134,7 +136,8 @@ class PipelineConfig(_Section):
             slug = f"synthetic-{self.data.synthetic_images}-s{self.data.synthetic_seed}"
         else:
             slug = _slug(self.data.source) + (f"-first{self.data.limit}" if self.data.limit else "")
-        return join_uri(self.storage, "datasets", f"{slug}-{self.model.resolution}px")
+        dedup = f"-dedup{self.data.near_duplicate_radius}" if self.data.drop_near_duplicates else ""
+        return join_uri(self.storage, "datasets", f"{slug}-{self.model.resolution}px{dedup}")
 
     @property
     def registered_model_name(self) -> str:

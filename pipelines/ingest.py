@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import storage
@@ -175,11 +176,17 @@ def recipe(source: str, limit: int | None, synthetic_images: int, synthetic_seed
 
 
 def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
-    """The manifest of the dataset at ``cfg.dataset_uri``, ingesting ``cfg.data.source`` there first if needed."""
+    """The manifest of the dataset at ``cfg.dataset_uri``, ingesting ``cfg.data.source`` there first if needed.
+
+    With ``data.drop_near_duplicates`` the dataset is a de-duplicated copy of the plain
+    ingest (which stays, reusable, at its own location): see :func:`drop_near_duplicates`.
+    """
     from pipelines.data import read_manifest
 
     uri = cfg.dataset_uri
     wanted = recipe(cfg.data.source, cfg.data.limit, cfg.data.synthetic_images, cfg.data.synthetic_seed)
+    if cfg.data.drop_near_duplicates:
+        wanted["near_duplicate_radius"] = cfg.data.near_duplicate_radius
     if storage.exists(storage.join(uri, MANIFEST)):
         manifest = read_manifest(uri)
         if manifest.get("resolution") != cfg.model.resolution or manifest.get("recipe", wanted) != wanted:
@@ -189,6 +196,9 @@ def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
                 f"location, or delete {uri} to ingest it again."
             )
         return manifest
+    if cfg.data.drop_near_duplicates:
+        plain = cfg.model_copy(update={"data": cfg.data.model_copy(update={"drop_near_duplicates": False, "dataset": None})})
+        return drop_near_duplicates(plain.dataset_uri, uri, cfg, ensure_dataset(plain, progress), wanted, progress)
     # Open the source before starting Ray: a missing or unreachable one fails in a second.
     source = open_source(cfg.data.source, limit=cfg.data.limit, synthetic_images=cfg.data.synthetic_images,
                          synthetic_seed=cfg.data.synthetic_seed)
@@ -196,6 +206,47 @@ def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
     return ingest(source, uri, cfg.model.resolution, limit=cfg.data.limit, shard_mb=cfg.data.shard_mb,
                   synthetic_images=cfg.data.synthetic_images, synthetic_seed=cfg.data.synthetic_seed,
                   progress=progress)
+
+
+def drop_near_duplicates(src: str, out: str, cfg: PipelineConfig, manifest: dict, wanted_recipe: dict,
+                         progress: bool = True) -> dict:
+    """Copy the dataset at ``src`` to ``out`` keeping one image per near-duplicate cluster.
+
+    The clusters come from the memorization audit's semantic hash (the DCGAN paper removed
+    about 275,000 such images from LSUN this way): images whose 128-bit codes lie within
+    ``data.near_duplicate_radius`` bits. The first image of each cluster stays; the
+    manifest lists every dropped key with the key it duplicates.
+    """
+    import pyarrow.compute as pc
+
+    from pipelines.evaluate import near_duplicate_keys
+
+    started = time.time()
+    clusters = near_duplicate_keys(src, cfg.data.near_duplicate_radius, manifest,
+                                   steps=cfg.eval.audit_autoencoder_steps, progress=progress)
+    dropped = {key: cluster[0] for cluster in clusters for key in cluster[1:]}
+    _prepare_output(out)
+    kept_hashes: list[str] = []
+    shards = []
+    for shard in storage.list_files(src, SHARD_SUFFIX):
+        fs, path = storage.filesystem(shard)
+        table = pq.read_table(path, filesystem=fs)
+        table = table.filter(pc.invert(pc.is_in(table.column(KEY), value_set=pa.array(list(dropped), pa.string()))))
+        name = shard.rsplit("/", 1)[-1]
+        out_fs, out_path = storage.filesystem(storage.join(out, name))
+        out_fs.create_dir(out_path.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(table, out_path, filesystem=out_fs)
+        kept_hashes += table.column(PIXEL_SHA256).to_pylist()
+        shards.append({"file": name, "rows": table.num_rows})
+    result = {**manifest, "count": len(kept_hashes), "content_hash": content_hash(kept_hashes), "shards": shards,
+              "recipe": wanted_recipe, "source": f"{manifest.get('source')} without near-duplicates", "derived_from": src,
+              "near_duplicates": {"radius": cfg.data.near_duplicate_radius, "clusters": len(clusters),
+                                  "dropped": len(dropped), "dropped_keys": dropped},
+              "ingest_seconds": round(manifest.get("ingest_seconds", 0) + time.time() - started, 2)}
+    storage.write_bytes(storage.join(out, MANIFEST), json.dumps(result, indent=1).encode())
+    print(f"near-duplicates: {len(clusters)} clusters, {len(dropped)} images dropped, {len(kept_hashes)} kept -> {out}",
+          flush=True)
+    return result
 
 
 def _config_from_args(args) -> PipelineConfig:

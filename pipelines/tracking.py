@@ -88,7 +88,7 @@ def params_from_config(flat: dict[str, Any]) -> dict[str, str]:
 @contextlib.contextmanager
 def run(tracking_uri: str, experiment: str, run_name: str | None = None, run_id: str | None = None,
         parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that always ends FINISHED or FAILED (KILLED on Ctrl-C), never RUNNING.
+    """An MLflow run that always ends FINISHED or FAILED (KILLED when stopped from outside), never RUNNING.
 
     ``run_id`` continues an existing run (a resumed training); ``parent_run_id`` nests it.
     """
@@ -100,7 +100,7 @@ def run(tracking_uri: str, experiment: str, run_name: str | None = None, run_id:
                               tags=all_tags or None, nested=mlflow.active_run() is not None)
     try:
         yield active
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # stopped from outside (Ctrl-C, a scheduler ending the actor)
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException:

@@ -111,9 +111,14 @@ def test_synthetic_source_is_the_embedded_bedrooms_and_round_trips_to_model_inpu
     assert len(batches) == 1
     assert sorted(_stored_pixel_hash(batches[0])) == sorted(by_hash)
 
-    # A second ensure_dataset reuses the complete dataset; a different recipe is refused, naming both.
+    # A second ensure_dataset reuses the complete dataset. Another recipe gets its own default
+    # location; pointed at this dataset's location it is refused, naming both recipes.
     cfg = load_config("smoke", [f"storage={tmp_path}", "data.synthetic_images=16", f"model.resolution={RES}"])
+    assert cfg.dataset_uri == uri
     assert ensure_dataset(cfg, progress=False)["content_hash"] == manifest["content_hash"]
     other = load_config("smoke", [f"storage={tmp_path}", "data.synthetic_images=17", f"model.resolution={RES}"])
+    assert other.dataset_uri != uri
+    pinned = load_config("smoke", [f"storage={tmp_path}", "data.synthetic_images=17", f"model.resolution={RES}",
+                                   f"data.dataset={uri}"])
     with pytest.raises(RuntimeError, match="synthetic_images.*17"):
-        ensure_dataset(other, progress=False)
+        ensure_dataset(pinned, progress=False)

@@ -459,6 +459,34 @@ def test_mlflow_ui_shows_the_model_version_and_the_fid(cluster, job, tmp_path):
         assert png.is_file() and png.stat().st_size > 10_000, f"no screenshot at {png}"
 
 
+def test_training_alone_is_submitted_and_its_metrics_reach_the_server(cluster, job):
+    """`python -m pipelines.train` through `ray job submit` on the same head: SUCCEEDED, with
+    every iteration's losses and the config in its own MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    storage = f"s3://{cluster.bucket}/train-only"
+    submission_id = f"dcgan-e2e-train-{int(time.time())}"
+    argv = ["python", "-m", "pipelines.train", "--config", PRESET, f"storage={storage}", "train.iterations=10",
+            "train.log_every=5", "train.checkpoint_every=5", "name=train-only"]
+    done = subprocess.run(["ray", "job", "submit", "--submission-id", submission_id, "--working-dir", ".", "--", *argv],
+                          env=cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S, cwd=ROOT)
+    (ARTIFACTS / "e2e-train-job.log").write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    status = subprocess.run(["ray", "job", "status", submission_id], env=cluster.env, capture_output=True, text=True,
+                            timeout=60)
+    assert "succeeded" in status.stdout + status.stderr
+
+    client = MlflowClient(cluster.tracking_uri)
+    runs = client.search_runs([job.experiment_id], "tags.pipeline_step = 'train' and params.name = 'train-only'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run = runs[0]
+    assert run.data.params["train.iterations"] == "10" and run.data.params["storage"] == storage
+    assert "mlflow.parentRunId" not in run.data.tags  # the training step alone is a top-level run
+    for name in ("loss_d", "loss_g", "d_real", "d_fake"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, name)) == list(range(1, 11)), name
+    assert run.data.tags["checkpoint"].startswith(f"{storage}/checkpoints/")
+
+
 def test_without_tracking_server_the_pipeline_stops_at_once_and_writes_nothing(cluster, job, tmp_path):
     subprocess.run([str(STOP), "mlflow"], env=cluster.env | {"MINI_STATE_DIR": str(cluster.state)},
                    capture_output=True, text=True, timeout=120, check=True)

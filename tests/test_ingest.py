@@ -14,7 +14,8 @@ from PIL import Image
 from pipelines import storage
 from pipelines.dataset_format import IMAGE, KEY, PIXEL_SHA256, content_hash, decode_images, read_columns
 from pipelines.image_decode import UnreadableImage, decode_square
-from pipelines.ingest import IngestError, ingest, main
+from pipelines.config import load_config
+from pipelines.ingest import IngestError, ensure_dataset, ingest, main
 from pipelines.ingest_ledger import IngestLedger
 from pipelines.sources import SourceError, open_source
 
@@ -237,3 +238,39 @@ def test_cli_shows_progress_and_replaces_an_unfinished_ingest(tmp_path, lsun_fil
     assert "model.resolution" in capfd.readouterr().err
     assert main(["--source", str(tmp_path / "missing"), "--out", str(tmp_path / "y")]) == 2
     assert f"{tmp_path / 'missing'}" in capfd.readouterr().err
+
+
+def test_ingest_can_drop_near_duplicates_as_the_paper_did(tmp_path, lsun_files, ray_local):
+    """Photos salted with lightly jittered copies of some of them: with data.drop_near_duplicates
+    the training dataset keeps one image per cluster; the plain ingest stays beside it."""
+    from PIL import Image
+
+    from tests.photos import add_noise, load_squares, shift_one_pixel
+
+    photos = load_squares(lsun_files[:300], RES)
+    copies = np.concatenate([shift_one_pixel(photos[:10]), add_noise(photos[10:20], sigma=2.0)])
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, im in enumerate(photos):
+        Image.fromarray(im).save(folder / f"photo-{i:04d}.png")
+    for i, im in enumerate(copies):
+        Image.fromarray(im).save(folder / f"copy-of-{i:04d}.png")
+
+    cfg = load_config("smoke", [f"storage={tmp_path}", f"data.source={folder}", f"model.resolution={RES}",
+                                "data.drop_near_duplicates=true", "data.near_duplicate_radius=8",
+                                "eval.audit_autoencoder_steps=400"])
+    manifest = ensure_dataset(cfg, progress=False)
+    near = manifest["near_duplicates"]
+    dropped = set(near["dropped_keys"])
+    planted = {k.split("-")[-1] for k in dropped}  # pair index, whichever member was dropped
+    # one image of each pair leaves (which one is the cluster's order); no distinct photo does
+    assert len(planted) >= 16, f"only {len(planted)} of 20 planted pairs were found: {sorted(dropped)[:25]}"
+    pair_members = {f"photo-{i:04d}.png" for i in range(20)} | {f"copy-of-{i:04d}.png" for i in range(20)}
+    assert dropped <= pair_members, f"distinct photos dropped: {sorted(dropped - pair_members)}"
+    assert manifest["count"] == 320 - near["dropped"]
+    assert len(read_columns(cfg.dataset_uri, [KEY])) == manifest["count"]
+    assert cfg.dataset_uri.endswith("-dedup8") and manifest["derived_from"] != cfg.dataset_uri
+    plain = read_columns(manifest["derived_from"], [KEY])
+    assert len(plain) == 320  # the plain ingest is kept, reusable
+    # a second call reuses the de-duplicated dataset
+    assert ensure_dataset(cfg, progress=False)["content_hash"] == manifest["content_hash"]

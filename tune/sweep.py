@@ -92,8 +92,9 @@ def run_trial(config: dict[str, Any]) -> None:
 
 
 def _end_trial_runs(results, uri: str, experiment_id: str, parent_id: str, iterations: int) -> None:
-    """Give every trial's MLflow run a final state. A trial that ASHA stopped was ended by
-    Tune from outside (its actor killed), so its run is still RUNNING: it finished early."""
+    """Give every trial's MLflow run Tune's verdict. A trial that ASHA stopped was ended by
+    Tune from outside (its actor killed), so its run is still RUNNING or KILLED: it
+    finished early; a trial that errored FAILED."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -102,7 +103,7 @@ def _end_trial_runs(results, uri: str, experiment_id: str, parent_id: str, itera
         if trial_id is None:
             continue
         for run in client.search_runs([experiment_id], f"tags.trial_id = '{trial_id}' and tags.sweep_run_id = '{parent_id}'"):
-            if run.info.status != "RUNNING":
+            if run.info.status not in ("RUNNING", "KILLED"):
                 continue
             stopped = (result.metrics or {}).get("iteration", iterations) < iterations
             client.set_tag(run.info.run_id, "stopped_early", str(stopped).lower())
@@ -204,7 +205,8 @@ def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str,
         else:
             scheduler = None
             if sweep.asha:
-                scheduler = ASHAScheduler(time_attr="iteration", max_t=base.train.iterations,
+                # stop_last_trials=False: a trial that reaches max_t ends by itself, not by a stop.
+                scheduler = ASHAScheduler(time_attr="iteration", max_t=base.train.iterations, stop_last_trials=False,
                                           grace_period=sweep.asha.grace_period * base.eval.fid_every,
                                           reduction_factor=sweep.asha.reduction_factor)
             search_alg = None
