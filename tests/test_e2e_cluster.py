@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 START, STOP = ROOT / "infra" / "local" / "start.sh", ROOT / "infra" / "local" / "stop.sh"
 ARTIFACTS = ROOT / "test-artifacts"
-DOCS = [ROOT / "docs" / "mini-cluster.md", ROOT / "README.md"]  # where the mini cluster is documented
+DOCS = [ROOT / "README.md"]  # where the mini cluster and the cluster job are documented
 PRESET = "configs/smoke.yaml"
 JOB_TIMEOUT_S = 420
 
