@@ -68,10 +68,11 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=48, help="per Ray run")
     ap.add_argument("--window", type=int, default=8, help="iterations per logged rate")
     ap.add_argument("--skip-windows", type=int, default=2, help="windows counted as warm-up")
+    ap.add_argument("--images", type=int, default=2048, help="dataset size (epochs of 2048 / (workers x 64) iterations)")
     args = ap.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="dcgan-scaling-"))
-    images = synthetic_bedrooms(2048, RESOLUTION, seed=0)
+    images = synthetic_bedrooms(args.images, RESOLUTION, seed=0)
     dataset = str(root / "dataset")
     write_dataset(Path(dataset), images, shards=8)
     print(f"dataset: {len(images)} synthetic {RESOLUTION}px images at {dataset}", flush=True)

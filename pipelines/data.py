@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
+import numpy as np
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
@@ -83,3 +84,31 @@ def epoch_batches(shard, batch_size: int, resolution: int, epoch: int, seed: int
     yield from shard.iter_torch_batches(
         batch_size=batch_size, collate_fn=_ImageBatch(resolution), drop_last=True, prefetch_batches=2, **kwargs
     )
+
+
+class ShardInMemory:
+    """This worker's shard read once and held as uint8 pixels, for a dataset that fits.
+
+    Each pass of the streaming feed restarts Ray Data's pipeline for the new epoch, a
+    pause every DDP rank waits through: ~4 s per epoch on the 2-core CI machine, 44% of
+    the demo's training time (2,048 images at 64 px: 2 workers reached 1.41x one worker,
+    1.66x within an epoch). Held in memory, the next epoch starts at once, as a fresh
+    permutation seeded by (seed, epoch), so a resumed run sees the same order. Ray
+    Train's equal split gives every rank the same number of rows, hence of batches.
+    """
+
+    def __init__(self, shard, resolution: int, read_batch: int = 1024):
+        parts = [decode_images(batch.column(IMAGE), resolution).copy()
+                 for batch in shard.iter_batches(batch_size=read_batch, batch_format="pyarrow")]
+        self.images = torch.from_numpy(np.concatenate(parts)) if parts else torch.empty(0, resolution, resolution, 3,
+                                                                                         dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def epoch_batches(self, batch_size: int, epoch: int, seed: int = 0, shuffle: bool = True) -> Iterator[torch.Tensor]:
+        n = len(self.images)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)) if shuffle \
+            else torch.arange(n)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield to_model_input(self.images[order[i:i + batch_size]])

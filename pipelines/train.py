@@ -37,7 +37,7 @@ from pipelines import storage, tracking
 from pipelines.checkpoints import build_networks, load_state, save_state
 from pipelines.cluster import init_ray
 from pipelines.config import PipelineConfig, load_config
-from pipelines.data import epoch_batches, read_manifest, train_dataset
+from pipelines.data import ShardInMemory, epoch_batches, read_manifest, train_dataset
 from pipelines.distributed import convert_sync_batchnorm, ddp_kwargs, replica_divergence
 from pipelines.hardware import step_options
 
@@ -144,9 +144,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     step = AdversarialStep(g, d, opt_g, opt_d, cfg.model.latent_dim, cfg.train.discriminator_steps,
                            cfg.train.generator_loss, opts["autocast_dtype"], opts["channels_last"], noise_gen)
     shard = ray.train.get_dataset_shard("train")
-    shuffle_buffer = 4 * cfg.train.batch_size if cfg.data.shuffle else None
-    batches = position.batches(lambda epoch: epoch_batches(
-        shard, cfg.train.batch_size, cfg.model.resolution, epoch, cfg.train.seed + rank, shuffle_buffer))
+    if loop_config.get("shard_in_memory"):
+        held = ShardInMemory(shard, cfg.model.resolution)
+        batches = position.batches(lambda epoch: held.epoch_batches(
+            cfg.train.batch_size, epoch, cfg.train.seed + rank, cfg.data.shuffle))
+    else:
+        shuffle_buffer = 4 * cfg.train.batch_size if cfg.data.shuffle else None
+        batches = position.batches(lambda epoch: epoch_batches(
+            shard, cfg.train.batch_size, cfg.model.resolution, epoch, cfg.train.seed + rank, shuffle_buffer))
 
     metrics_buffer = tracking.MetricBuffer(tracking_uri if rank == 0 else None, run_id, pending)
     if rank == 0:
@@ -184,6 +189,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "world_size": world,
             })
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        # Ray Train registers a reported checkpoint only when its controller next polls the
+        # workers (every 2 s): a worker lost before then loses the checkpoint, and the run
+        # would resume from the one before. Wait for the commit, then hand the metrics
+        # this checkpoint carries to MLflow, so that no iteration is logged twice.
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
         metrics_buffer.flush()
 
     total = cfg.train.iterations
@@ -282,7 +292,8 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"pipeline": cfg.model_dump(), "tracking_uri": tracking_uri,
-                           "mlflow_run_id": mlflow_run_id, "evaluator": evaluator},
+                           "mlflow_run_id": mlflow_run_id, "evaluator": evaluator,
+                           "shard_in_memory": dataset_bytes(manifest) / cfg.scaling.num_workers <= SHARD_IN_MEMORY_BYTES},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -296,6 +307,16 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
         datasets={"train": _quiet(train_dataset(cfg.dataset_uri))},
     )
     return trainer.fit()
+
+
+# A worker holds its shard in memory when it is at most this big (a dataset of 64 px
+# images up to ~85k images per worker); bigger datasets stream from storage every epoch.
+SHARD_IN_MEMORY_BYTES = 1 << 30
+
+
+def dataset_bytes(manifest: dict) -> int:
+    """The decoded pixels' size: what ShardInMemory holds (uint8 HWC)."""
+    return manifest["count"] * 3 * manifest["resolution"] ** 2
 
 
 def _quiet(dataset):

@@ -1,6 +1,7 @@
 """Training input on a real 2-worker Ray Train TorchTrainer (gloo DDP on CPU).
 
-Each worker walks its shard with epoch_batches for two epochs, turns every image it
+Each worker walks its shard for two epochs, with either feed the training loop uses
+(epoch_batches streaming from storage, or ShardInMemory holding the shard), turns every image it
 got back into its pixel hash (the float batch maps back to the stored uint8 pixels
 exactly) and writes what it saw to a file; the test maps hashes to dataset keys.
 """
@@ -15,7 +16,7 @@ import torch
 
 from gan.synthetic import synthetic_bedrooms
 from pipelines.config import load_config
-from pipelines.data import epoch_batches, read_manifest, train_dataset
+from pipelines.data import ShardInMemory, epoch_batches, read_manifest, train_dataset
 from pipelines.dataset_format import IMAGE, KEY, PIXEL_SHA256, content_hash, decode_images, read_columns
 from pipelines.ingest import ensure_dataset
 
@@ -34,9 +35,14 @@ def _train_loop(config):
     seen = {}
     for name in ("divisible", "remainder"):
         shard = ray.train.get_dataset_shard(name)
+        if config["feed"] == "memory":
+            held = ShardInMemory(shard, RES)
+            feed = lambda epoch: held.epoch_batches(BATCH, epoch, seed=3)  # noqa: E731
+        else:
+            feed = lambda epoch: epoch_batches(shard, BATCH, RES, epoch, seed=3, shuffle_buffer=16)  # noqa: E731
         for epoch in range(EPOCHS):
             order, batches = [], 0
-            for batch in epoch_batches(shard, BATCH, RES, epoch, seed=3, shuffle_buffer=16):
+            for batch in feed(epoch):
                 assert batch.shape == (BATCH, 3, RES, RES) and batch.dtype == torch.float32
                 assert float(batch.min()) >= -1.0 and float(batch.max()) <= 1.0
                 order += _stored_pixel_hash(batch)
@@ -58,7 +64,8 @@ def _dataset(tmp_path, images: int) -> tuple[str, dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_two_workers_get_disjoint_equal_shards_covering_the_dataset_each_epoch(tmp_path, ray_local):
+@pytest.mark.parametrize("feed", ["stream", "memory"])
+def test_two_workers_get_disjoint_equal_shards_covering_the_dataset_each_epoch(tmp_path, ray_local, feed):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -68,11 +75,11 @@ def test_two_workers_get_disjoint_equal_shards_covering_the_dataset_each_epoch(t
     out.mkdir()
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"out": str(out)},
+        train_loop_config={"out": str(out), "feed": feed},
         # Half a CPU each: the other CPU is left to Ray Data's read tasks.
         scaling_config=ScalingConfig(num_workers=WORKERS, resources_per_worker={"CPU": 0.5}),
         datasets={"divisible": train_dataset(divisible_uri), "remainder": train_dataset(remainder_uri)},
-        run_config=RunConfig(storage_path=str(tmp_path / "train"), name="sharding"),
+        run_config=RunConfig(storage_path=str(tmp_path / "train"), name=f"sharding-{feed}"),
     )
     trainer.fit()
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(WORKERS)]

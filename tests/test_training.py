@@ -144,3 +144,24 @@ def test_k_must_be_positive():
     opt_g, opt_d = make_optimizers(g, d)
     with pytest.raises(ValueError, match="discriminator_steps"):
         AdversarialStep(g, d, opt_g, opt_d, discriminator_steps=0)
+
+
+def test_gpu_options_bf16_autocast_and_channels_last_run_the_same_algorithm():
+    # The GPU path (bf16 autocast, channels_last) exercised on the CPU, which supports both:
+    # the step stays finite, updates both networks, and tracks the float32 step closely.
+    results = {}
+    for name, dtype, cl in (("fp32", None, False), ("bf16", torch.bfloat16, True)):
+        torch.manual_seed(0)
+        g, d = Generator(resolution=32, latent_dim=16, width=8), Discriminator(resolution=32, width=8)
+        if cl:
+            g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+        opt_g, opt_d = make_optimizers(g, d)
+        step = AdversarialStep(g, d, opt_g, opt_d, latent_dim=16, autocast_dtype=dtype, channels_last=cl,
+                               noise_generator=torch.Generator().manual_seed(1))
+        before = _params(g)
+        m = step(iter([torch.rand(8, 3, 32, 32) * 2 - 1]))
+        assert all(torch.isfinite(v) for v in m.values())
+        assert all(p.dtype == torch.float32 for p in g.parameters())  # master weights stay fp32
+        assert not _same(before, _params(g))
+        results[name] = m
+    assert abs(results["bf16"]["loss_d"] - results["fp32"]["loss_d"]) < 0.05
