@@ -57,7 +57,8 @@ def test_sweep_stops_trials_early_survives_a_killed_driver_and_registers_the_cha
                              capture_output=True, text=True, timeout=900)
     (tmp_path / "sweep-2.log").write_text(resumed.stdout + resumed.stderr)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    summary = json.loads(resumed.stdout[resumed.stdout.index("{\n"):])
+    summary = json.loads((sweep_dirs[0] / "summary.json").read_text())
+    assert f'"parent_run_id": "{summary["parent_run_id"]}"' in resumed.stdout  # also printed for the user
 
     parent = client.get_run(summary["parent_run_id"])
     assert parent.info.status == "FINISHED"

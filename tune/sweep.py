@@ -33,6 +33,7 @@ from pipelines.config import ConfigError, PipelineConfig
 from tune.config import SweepConfig, load_sweep
 
 STATE_FILE = "sweep.json"
+SUMMARY_FILE = "summary.json"  # the finished sweep: best trial, registered version, time split
 TRIAL_DRIVER_CPU = 0.1
 
 
@@ -256,11 +257,14 @@ def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str,
         version = registry.register(info.model_uri, base.registered_model_name, tags)
         promoted, reason = registry.promote_if_better(base.registered_model_name, version.version, best_fid,
                                                       manifest["content_hash"])
-    return {"sweep_dir": sweep_dir, "parent_run_id": parent_id, "best_trial": best["trial_id"], "best_fid": best_fid,
-            "model": f"models:/{base.registered_model_name}/{version.version}", "champion": promoted,
-            "reason": reason, "trials": len(df), "stopped_early": stopped_early,
-            "prepare_seconds": round(prep_s, 1), "tune_seconds": round(sweep_s, 1),
-            **{k: round(v, 1) for k, v in timing.items()}}
+    summary = {"sweep_dir": sweep_dir, "parent_run_id": parent_id, "best_trial": best["trial_id"], "best_fid": best_fid,
+               "model": f"models:/{base.registered_model_name}/{version.version}", "champion": promoted,
+               "reason": reason, "trials": len(df), "stopped_early": stopped_early,
+               "prepare_seconds": round(prep_s, 1), "tune_seconds": round(sweep_s, 1),
+               **{k: round(v, 1) for k, v in timing.items()}}
+    # Also beside the sweep: Ray's log forwarding may print after the summary on stdout.
+    storage.write_bytes(storage.join(sweep_dir, SUMMARY_FILE), json.dumps(summary, indent=2, default=str).encode())
+    return summary
 
 
 def _time_split(df) -> dict[str, float]:
