@@ -34,6 +34,7 @@ from tune.config import SweepConfig, load_sweep
 
 STATE_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"  # the finished sweep: best trial, registered version, time split
+ASHA_STATE_FILE = "asha.json"  # ASHA's rungs, for a restored sweep (tune/schedulers.py)
 TRIAL_DRIVER_CPU = 0.1
 
 
@@ -156,13 +157,13 @@ def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str,
     import mlflow
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from pipelines import registry
     from pipelines.checkpoints import generator_from_state, load_state
     from pipelines.ingest import ensure_dataset
     from pipelines.cluster import init_ray
     from pipelines.train import git_commit, make_evaluator, unique_run_name
+    from tune.schedulers import ResumableASHA
 
     if resume:
         state = json.loads(storage.read_bytes(storage.join(resume, STATE_FILE)))
@@ -207,7 +208,8 @@ def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str,
             scheduler = None
             if sweep.asha:
                 # stop_last_trials=False: a trial that reaches max_t ends by itself, not by a stop.
-                scheduler = ASHAScheduler(time_attr="iteration", max_t=base.train.iterations, stop_last_trials=False,
+                scheduler = ResumableASHA(storage.join(sweep_dir, ASHA_STATE_FILE),
+                                          time_attr="iteration", max_t=base.train.iterations, stop_last_trials=False,
                                           grace_period=sweep.asha.grace_period * base.eval.fid_every,
                                           reduction_factor=sweep.asha.reduction_factor)
             search_alg = None
