@@ -11,6 +11,10 @@ feed_img_s    how fast one Ray Train worker's shard (``get_dataset_shard`` +
 step_img_s    what one DCGAN training step (Algorithm 1, k=1, 64x64, batch 64, the
               paper's networks) consumes on this machine's CPU, all cores.
 
+ingest_marginal_img_s, limit_marginal_img_s, marginal_ratio: each side's rate per
+              image without its fixed cost per job (from a full and a quarter-size
+              run in every round), which is what a 3-million-image ingest runs at.
+
 Ingest and limit alternate in rounds and the medians are reported (and the median of
 the per-round ratios), so load from other processes hits both alike. Ray's workers run at the pool's priority (niceness
 0; Ray's default is 15, reported separately as ``ratio_at_default_niceness``).
@@ -68,13 +72,20 @@ def limit_rate_in_fresh_process(images: int, resolution: int, workers: int) -> f
     return json.loads(out.strip().splitlines()[-1])["limit_img_s"]
 
 
-def ingest_rate(source: str, out: str, resolution: int) -> tuple[float, dict]:
+def ingest_rate(source: str, out: str, resolution: int, limit: int | None = None) -> tuple[float, dict]:
     from pipelines.ingest import ingest
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    manifest = ingest(source, out, resolution, progress=False)
+    manifest = ingest(source, out, resolution, limit=limit, progress=False)
     return manifest["source_images"] / (time.perf_counter() - start), manifest
+
+
+def fixed_and_marginal(n: int, rate: float, n_small: int, rate_small: float) -> tuple[float, float]:
+    """From a job's rate at two sizes (time = fixed + images / marginal): (fixed seconds, marginal img/s)."""
+    t, t_small = n / rate, n_small / rate_small
+    marginal = (n - n_small) / (t - t_small)
+    return t - n / marginal, marginal
 
 
 def feed_rate(dataset: str, resolution: int, batch: int, epochs: int, shuffle_buffer: int, workdir: str) -> float:
@@ -179,9 +190,9 @@ def main(argv=None):
         ingest(str(source), str(work / "warm"), args.resolution, limit=400, progress=False)  # starts the workers
         shutil.rmtree(work / "warm")
 
-    def round_pair(label: str) -> tuple[float, float, dict]:
-        limit = limit_rate_in_fresh_process(len(files), args.resolution, cores)
-        rate, manifest = ingest_rate(str(source), str(work / "dataset"), args.resolution)
+    def round_pair(label: str, images: int | None = None) -> tuple[float, float, dict]:
+        limit = limit_rate_in_fresh_process(images or len(files), args.resolution, cores)
+        rate, manifest = ingest_rate(str(source), str(work / "dataset"), args.resolution, limit=images)
         print(f"{label}: limit {limit:.0f} img/s, ingest {rate:.0f} img/s ({manifest['count']} stored, "
               f"{manifest['duplicates']} duplicates, {len(manifest['skipped'])} skipped, "
               f"{len(manifest['shards'])} shards)", flush=True)
@@ -190,8 +201,15 @@ def main(argv=None):
     print(f"warm-up: ingest of 400 images on {cores} cores (Ray workers at niceness 0)", flush=True)
     start_ray("0")
     try:
-        limits, ingests = [], []
+        limits, ingests, small_limits, small_ingests = [], [], [], []
+        small = len(files) // 4
         for r in range(args.rounds):
+            # A quarter-size pair too: the two sizes separate each side's fixed cost per
+            # job (Ray: the ledger actor, planning, listing, the read-back check; the pool:
+            # its start) from its rate per image, which is what a 3-million-image ingest sees.
+            limit, rate, _ = round_pair(f"round {r + 1}/{args.rounds}, {small} images", small)
+            small_limits.append(limit)
+            small_ingests.append(rate)
             limit, rate, manifest = round_pair(f"round {r + 1}/{args.rounds}")
             limits.append(limit)
             ingests.append(rate)
@@ -208,6 +226,8 @@ def main(argv=None):
     step = step_rate(args.batch, args.resolution, args.step_iters)
     print(f"training step: {step:.1f} img/s", flush=True)
     ingest_img_s, limit_img_s = statistics.median(ingests), statistics.median(limits)
+    ingest_fixed, ingest_marginal = fixed_and_marginal(len(files), ingest_img_s, small, statistics.median(small_ingests))
+    limit_fixed, limit_marginal = fixed_and_marginal(len(files), limit_img_s, small, statistics.median(small_limits))
     shard_mb = sum(s["bytes"] for s in manifest["shards"]) / 2**20
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({
@@ -217,6 +237,11 @@ def main(argv=None):
         "feed_img_s": round(feed, 1),
         "step_img_s": round(step, 1),
         "feed_ratio": round(feed / step, 1),
+        "ingest_fixed_seconds": round(ingest_fixed, 2),
+        "ingest_marginal_img_s": round(ingest_marginal, 1),
+        "limit_fixed_seconds": round(limit_fixed, 2),
+        "limit_marginal_img_s": round(limit_marginal, 1),
+        "marginal_ratio": round(ingest_marginal / limit_marginal, 3),
         "ratio_paired_median": round(statistics.median(i / l for i, l in zip(ingests, limits)), 3),
         "ray_worker_niceness": 0,
         "ratio_at_default_niceness": round(default_rate / default_limit, 3),
