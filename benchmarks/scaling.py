@@ -83,7 +83,9 @@ def main(argv=None):
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    from pipelines.cluster import start_local_ray
+
+    start_local_ray(num_cpus=4, log_to_driver=False)
     ray1 = ray_rate(1, dataset, root, args.iterations, args.window, args.skip_windows)
     print(f"Ray Train, 1 worker x 1 thread: {ray1:.1f} img/s", flush=True)
     ray2 = ray_rate(2, dataset, root, args.iterations, args.window, args.skip_windows)

@@ -32,4 +32,35 @@ def init_ray(cfg: PipelineConfig | None = None) -> None:
     # With the dashboard (on 127.0.0.1): Ray Train's placement-group cleaner asks the
     # State API, which the dashboard serves, whether a trial's controller is gone; without
     # it the workers of a trial that Tune stopped keep their CPUs and later trials starve.
-    ray.init(address="local", num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+    start_local_ray(num_cpus=cpus)
+
+
+def start_local_ray(**init_kwargs) -> None:
+    """Start Ray in-process (dashboard on 127.0.0.1), its workers told where it is.
+
+    Ray Train's placement-group cleaner, an actor, finds the cluster for the State API
+    by looking for running Ray instances; with a second one on the machine (another
+    user's, another job's local Ray) it fails with "Found multiple active Ray
+    instances", and the workers of a stopped trial keep their CPUs. So the GCS gets a
+    port chosen here and every worker of this job gets ``RAY_ADDRESS`` pointing at it.
+    """
+    import socket
+
+    import ray
+
+    port = os.environ.get("RAY_GCS_SERVER_PORT")
+    if not port:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = str(s.getsockname()[1])
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    saved = os.environ.get("RAY_GCS_SERVER_PORT")
+    os.environ["RAY_GCS_SERVER_PORT"] = port  # read by ray.init when it starts the head
+    try:
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                 runtime_env={"env_vars": {"RAY_ADDRESS": address}}, **init_kwargs)
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    if ray.get_runtime_context().gcs_address != address:
+        raise RuntimeError(f"Ray started at {ray.get_runtime_context().gcs_address}, not at {address}")

@@ -179,6 +179,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank != 0:
             ray.train.report(report, checkpoint=None)
             return
+        # MLflow first: a Tune scheduler may stop the trial as soon as it sees this report.
+        # flush() logs only steps above those MLflow has, so if this checkpoint is lost and
+        # the run replays from the one before, nothing is logged twice.
+        metrics_buffer.flush()
         with tempfile.TemporaryDirectory() as tmp:
             save_state(tmp, {
                 "generator": g_bare.state_dict(), "discriminator": d_bare.state_dict(),
@@ -186,17 +190,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "iteration": iteration, "data_position": (position.epoch, position.batch),
                 "fixed_noise": fixed_noise.cpu(), "config": cfg.model_dump(),
                 "mlflow_run_id": run_id, "pending_metrics": list(metrics_buffer.pending),
-                "world_size": world,
+                "world_size": world, "report": report,
             })
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         # Ray Train registers a reported checkpoint only when its controller next polls the
         # workers (every 2 s): a worker lost before then loses the checkpoint, and the run
-        # would resume from the one before. Wait for the commit, then hand the metrics
-        # this checkpoint carries to MLflow, so that no iteration is logged twice.
+        # resumes from the one before. Go on only once it is committed.
         ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
-        metrics_buffer.flush()
 
     total = cfg.train.iterations
+    if state is not None and start >= total:
+        # Resumed from the final checkpoint (the run was lost after committing it, before
+        # its caller saw the result): nothing to train, but report that checkpoint again so
+        # the caller - a Tune trial restored with its sweep - gets the final result.
+        if rank == 0:
+            log.info(f"[train] the checkpoint at iteration {start} is final: reporting it again")
+            with tempfile.TemporaryDirectory() as tmp:
+                save_state(tmp, {**state, "pending_metrics": []})
+                ray.train.report(state.get("report") or {"iteration": start},
+                                 checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(state.get("report") or {"iteration": start}, checkpoint=None)
+        return
     images_per_iteration = world * cfg.train.batch_size * cfg.train.discriminator_steps
     window: list[dict[str, torch.Tensor]] = []
     last: dict[str, float] = {}

@@ -60,7 +60,9 @@ def ray_local(s3_server):
     os.environ.update(s3_server.env())
     if not ray.is_initialized():
         os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
-        ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+        from pipelines.cluster import start_local_ray
+
+        start_local_ray(num_cpus=4, log_to_driver=True)
     yield ray
     ray.shutdown()
     for k, v in saved.items():

@@ -134,3 +134,30 @@ def test_checkpoints_to_s3_and_resume_by_hand(ray_local, tmp_path, dataset, s3_e
     first, second = load_state(ckpt), load_state(train.checkpoint_uri(resumed))
     assert first["iteration"] == 4 and second["iteration"] == 6
     assert not torch.equal(first["generator"]["main.to_rgb.0.weight"], second["generator"]["main.to_rgb.0.weight"])
+
+
+def test_a_run_resumed_from_its_final_checkpoint_reports_it_again(ray_local, tmp_path, dataset):
+    # What a Tune trial restored with its sweep meets when it was lost after its last
+    # checkpoint and before Tune saw it: the same Ray Train run again, nothing left to
+    # train, and Tune waiting for the final result (its FID decides the sweep).
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = smoke(tmp_path, dataset, "train.iterations=4", "train.checkpoint_every=2")
+    name = train.unique_run_name(cfg)
+    first = train.fit(cfg, run_name=name)
+    assert first.error is None
+
+    def trial(config):
+        result = train.fit(cfg, run_name=name, callbacks=[TuneReportCallback()])
+        if result.error:
+            raise result.error
+
+    tuner = tune.Tuner(tune.with_resources(trial, {"CPU": 0.1}),
+                       run_config=tune.RunConfig(name="again", storage_path=str(tmp_path / "tune")))
+    (again,) = tuner.fit()
+    assert again.error is None
+    assert again.metrics["iteration"] == 4 and "loss_d" in again.metrics
+    before, after = load_state(train.checkpoint_uri(first)), load_state(again.metrics["checkpoint_path"])
+    assert after["iteration"] == 4
+    assert torch.equal(before["generator"]["main.to_rgb.0.weight"], after["generator"]["main.to_rgb.0.weight"])
