@@ -79,6 +79,8 @@ def test_sweep_stops_trials_early_survives_a_killed_driver_and_registers_the_cha
             assert max(m.timestamp for m in history) < killed_at
     # ASHA stopped at least one trial before the last iteration
     assert summary["stopped_early"] >= 1
+    assert sum(r.data.tags.get("stopped_early") == "true" for r in _children(client, parent.info.run_id)) \
+        == summary["stopped_early"]
     assert summary["trials"] == 4
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"trials.csv", "fid_vs_learning_rates.png"} <= artifacts

@@ -95,8 +95,8 @@ def run_trial(config: dict[str, Any]) -> None:
 
 def _end_trial_runs(results, uri: str, experiment_id: str, parent_id: str, iterations: int) -> None:
     """Give every trial's MLflow run Tune's verdict. A trial that ASHA stopped was ended by
-    Tune from outside (its actor killed), so its run is still RUNNING or KILLED: it
-    finished early; a trial that errored FAILED."""
+    Tune from outside (its actor killed), so its run is still RUNNING, KILLED or FAILED:
+    it finished early; a trial that errored FAILED."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -105,11 +105,13 @@ def _end_trial_runs(results, uri: str, experiment_id: str, parent_id: str, itera
         if trial_id is None:
             continue
         for run in client.search_runs([experiment_id], f"tags.trial_id = '{trial_id}' and tags.sweep_run_id = '{parent_id}'"):
-            if run.info.status not in ("RUNNING", "KILLED"):
-                continue
             stopped = (result.metrics or {}).get("iteration", iterations) < iterations
             client.set_tag(run.info.run_id, "stopped_early", str(stopped).lower())
-            client.set_terminated(run.info.run_id, "FAILED" if result.error else "FINISHED")
+            # A trial the scheduler stops can see its TorchTrainer fail as it is torn down
+            # and end its own run FAILED: Tune's result says whether it really erred.
+            status = "FAILED" if result.error else "FINISHED"
+            if run.info.status != status:
+                client.set_terminated(run.info.run_id, status)
 
 
 def _trial_table(results, metric: str, search_keys: list[str]):
@@ -163,6 +165,8 @@ def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str,
     from pipelines.ingest import ensure_dataset
     from pipelines.cluster import init_ray
     from pipelines.train import git_commit, make_evaluator, unique_run_name
+    from ray.tune.search import BasicVariantGenerator
+
     from tune.schedulers import ResumableASHA
 
     if resume:
@@ -212,7 +216,10 @@ def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str,
                                           time_attr="iteration", max_t=base.train.iterations, stop_last_trials=False,
                                           grace_period=sweep.asha.grace_period * base.eval.fid_every,
                                           reduction_factor=sweep.asha.reduction_factor)
-            search_alg = None
+            # Random and grid: Tune's variant generator, seeded, so a sweep's trials are
+            # the same configurations every time it runs. It must enforce the concurrency
+            # itself: TuneConfig's max_concurrent_trials is ignored for a generator instance.
+            search_alg = BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.max_concurrent_trials)
             if sweep.searcher == "optuna":
                 try:
                     from ray.tune.search.optuna import OptunaSearch
@@ -235,7 +242,9 @@ def run_sweep(sweep: SweepConfig | None, resume: str | None = None) -> dict[str,
 
         _end_trial_runs(results, uri, experiment_id, parent_id, base.train.iterations)
         df = _trial_table(results, metric, list(sweep.search))
-        stopped_early = int((df["iteration"] < base.train.iterations).sum()) if "iteration" in df else 0
+        # From each trial's last result (the table holds each trial's best one).
+        stopped_early = sum(1 for r in results if r.metrics and r.metrics.get("iteration", base.train.iterations)
+                            < base.train.iterations)
         # Where the trials' time went: inside the training loop (set-up, evaluation, training)
         # versus around it (trial actor, MLflow run, Ray Train controller and worker group start).
         timing = _time_split(df)
