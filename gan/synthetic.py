@@ -44,18 +44,12 @@ class _Room:
     img: Image.Image
     draw: ImageDraw.ImageDraw
     s: float
-    bx0: float
+    bx0: float  # the back wall: corners, width and height
     by0: float
     bx1: float
     by1: float
-
-    @property
-    def bw(self) -> float:
-        return self.bx1 - self.bx0
-
-    @property
-    def bh(self) -> float:
-        return self.by1 - self.by0
+    bw: float
+    bh: float
 
 
 def render_bedroom(seed: int, resolution: int = 64, index: int = 0) -> np.ndarray:
@@ -111,7 +105,7 @@ def _walls(rng: np.random.Generator, size: int) -> _Room:
     edge = _shade(wall, 0.7)
     for p, q in ((tl, (0, 0)), (tr, (s, 0)), (bl, (0, s)), (br, (s, s))):
         draw.line([p, q], fill=edge, width=_SUPERSAMPLE)
-    return _Room(rng, img, draw, s, bx0, by0, bx1, by1)
+    return _Room(rng, img, draw, s, bx0, by0, bx1, by1, bw, bh)
 
 
 def _window_quad(room: _Room, on_back_wall: bool) -> list[tuple[float, float]]:

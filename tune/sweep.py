@@ -240,8 +240,7 @@ def sweep_command(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = config_parser(PROG, "Ray Tune sweep over learning rates and k.", default_config="sweep-demo")
     ap.add_argument("--resume", help="the folder of an interrupted sweep (printed when it started)")
-    args = ap.parse_args(argv)
-    return run_command(PROG, lambda: sweep_command(args))
+    return run_command(PROG, lambda: sweep_command(ap.parse_args(argv)))
 
 
 if __name__ == "__main__":

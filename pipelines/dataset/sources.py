@@ -77,8 +77,22 @@ def _decode_files(batch: pa.Table, root: str, resolution: int) -> pa.Table:
     return decode_each(keys, zip(batch.column("bytes").to_pylist(), errors), to_pixels)
 
 
+class _NamedByUri:
+    """A source that is described by, and re-opened from, the URI the user gave."""
+
+    uri: str
+
+    @property
+    def description(self) -> str:
+        return self.uri
+
+    @property
+    def spec(self) -> str:
+        return self.uri
+
+
 @dataclass
-class ImageFiles:
+class ImageFiles(_NamedByUri):
     """Image files below a local folder or an s3:// prefix."""
 
     uri: str
@@ -89,12 +103,6 @@ class ImageFiles:
     @property
     def count(self) -> int:
         return len(self.paths)
-
-    @property
-    def description(self) -> str:
-        return self.uri
-
-    spec = description
 
     def pixels(self, resolution: int, tasks: int):
         # Our own reader rather than read_binary_files: that one spends CPU on per-file
@@ -126,7 +134,7 @@ def _rename_dataset_rows(batch: pa.Table) -> pa.Table:
 
 
 @dataclass
-class IngestedDataset:
+class IngestedDataset(_NamedByUri):
     uri: str
     manifest: dict
     limit: int | None = None
@@ -135,12 +143,6 @@ class IngestedDataset:
     @property
     def count(self) -> int:
         return self.manifest["count"] if self.limit is None else min(self.limit, self.manifest["count"])
-
-    @property
-    def description(self) -> str:
-        return self.uri
-
-    spec = description
 
     def pixels(self, resolution: int, tasks: int):
         import ray.data

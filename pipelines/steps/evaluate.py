@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--autoencoder-steps", type=int,
                     help="training steps of the audit's autoencoder (default eval.audit_autoencoder_steps)")
-    args = ap.parse_args(argv)
-    return run_command(PROG, lambda: evaluate(args))
+    return run_command(PROG, lambda: evaluate(ap.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -64,8 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shard-mb", dest="shard_mb", type=int, help="target Parquet shard size in MiB (data.shard_mb)")
     ap.add_argument("--overwrite", action="store_true", help="replace a complete dataset already at --out")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    args = ap.parse_args(argv)
-    return run_command(PROG, lambda: ingest(args))
+    return run_command(PROG, lambda: ingest(ap.parse_args(argv)))
 
 
 if __name__ == "__main__":
