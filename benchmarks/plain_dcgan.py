@@ -12,10 +12,10 @@ from torch import nn
 from gan.models import Discriminator, Generator
 
 
-def plain_loop(device, batch, nz=100, resolution=64):
-    """pytorch/examples dcgan/main.py's iteration, verbatim in spirit."""
-    net_g = Generator(resolution=resolution, latent_dim=nz).to(device)
-    net_d = Discriminator(resolution=resolution).to(device)
+def plain_loop(device, batch, nz=100, resolution=64, width=64):
+    """pytorch/examples dcgan/main.py's iteration, verbatim in spirit (``width``: its ngf = ndf)."""
+    net_g = Generator(resolution=resolution, latent_dim=nz, width=width).to(device)
+    net_d = Discriminator(resolution=resolution, width=width).to(device)
     criterion = nn.BCELoss()
     opt_d = torch.optim.Adam(net_d.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(net_g.parameters(), lr=2e-4, betas=(0.5, 0.999))
