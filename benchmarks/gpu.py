@@ -46,7 +46,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.plain_dcgan import plain_loop  # noqa: E402
-from gan.feed import DeviceImageFeed, HostImageFeed, normalize  # noqa: E402
+from gan.feed import DeviceImageFeed, HostImageFeed  # noqa: E402
+from gan.images import normalize  # noqa: E402
 from gan.models import Discriminator, Generator  # noqa: E402
 from gan.training import AdversarialStep, make_optimizers  # noqa: E402
 
@@ -199,7 +200,6 @@ def measure_feed(images: torch.Tensor, batch: int, device: torch.device, setting
                 normalize(next(stream), channels_last=True)
 
         rates[name] = timed_rate(run, batch, settings.chunk * 5, settings.min_seconds / 2, device)
-        del feed, stream
     return {"batch": batch, "device_img_s": round(rates["device"], 1), "streaming_img_s": round(rates["streaming"], 1)}
 
 

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     step = AdversarialStep(generator=g, discriminator=d, opt_g=opt_g, opt_d=opt_d, latent_dim=cfg.model.latent_dim,
                            discriminator_steps=cfg.train.discriminator_steps, generator_loss=cfg.train.generator_loss)
     b = cfg.train.batch_size
-    real = DataPosition().batches(lambda epoch: data[torch.randperm(len(data))].split(b)[: len(data) // b])
+    real = DataPosition().batches(lambda epoch, start: data[torch.randperm(len(data))].split(b)[start: len(data) // b])
     start = time.time()
     for i in range(1, cfg.train.iterations + 1):
         metrics = step(real)

@@ -3,7 +3,7 @@
 Why it exists: on a GPU the step consumes tens of thousands of 64x64 images a second.
 A feed that converts to float32 on the CPU copies 4x the bytes from pageable memory and
 becomes the bottleneck. Here pixels stay uint8 until they are on the device, and
-:func:`normalize` turns them into floats there.
+:func:`gan.images.normalize` turns them into floats there.
 
 Order. A shard (this rank's rows, chosen by the caller from (rank, world_size)) is
 first put in key order, so nothing depends on the order its rows were read in. Epoch
@@ -39,16 +39,13 @@ view whose memory is already channels_last, which is what the step wants on GPUs
 from __future__ import annotations
 
 import os
-import queue
-import threading
-import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 
+from gan.prefetch import PREFETCH_DEPTH, as_uint8_tensor, prefetch_to_device
 DeviceCache = Literal["auto", "on", "off"]
-PREFETCH_DEPTH = 2  # batches in flight ahead of the step: one being copied, one ready
 
 # ------------------------------------------------------------------ the order
 _MASK64 = (1 << 64) - 1
@@ -112,33 +109,6 @@ def epoch_permutation(num_rows: int, seed: int, epoch: int, rank: int = 0,
 
 
 # ---------------------------------------------------------------- the pixels
-def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
-    """uint8 NCHW -> ``dtype`` in [-1, 1] on the images' device: 0 -> -1, 255 -> 1.
-
-    Same arithmetic as the CPU path (``pipelines.dataset_format.to_model_input``):
-    x / 127.5 - 1, exact at both ends since 127.5 and 255 are exact in float32 and bf16.
-    """
-    if images.dtype != torch.uint8:
-        raise TypeError(f"normalize expects uint8 images, got {images.dtype}")
-    x = images.to(dtype).div_(127.5).sub_(1.0)
-    # From NHWC storage the batch is already channels_last in memory: this is then free.
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
-def _as_uint8_tensor(images: Any) -> torch.Tensor:
-    if isinstance(images, torch.Tensor):
-        tensor = images
-    else:  # numpy or anything array-like, wrapped without a copy
-        with warnings.catch_warnings():
-            # A read-only array (decoded Parquet) makes torch warn that writes would be
-            # undefined; the feed only ever reads it, and copying a shard of GBs would hurt.
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            tensor = torch.as_tensor(images)
-    if tensor.dtype != torch.uint8 or tensor.dim() != 4:
-        raise ValueError(f"expected uint8 images (N, H, W, C) or (N, C, H, W), got {tuple(tensor.shape)} {tensor.dtype}")
-    return tensor
-
-
 def channel_dim(shape: Sequence[int]) -> int:
     """1 for NCHW, 3 for NHWC, from a 4-d shape; square images with 1, 3 or 4 channels."""
     _, a, b, c = shape
@@ -181,7 +151,7 @@ class _KeyedShard:
 
     def __init__(self, images: Any, keys: Sequence[Any] | torch.Tensor, batch_size: int, seed: int,
                  rank: int = 0, drop_last: bool = True, shuffle: bool = True):
-        images = _as_uint8_tensor(images)
+        images = as_uint8_tensor(images)
         if len(keys) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(keys)} keys")
         if batch_size < 1:
@@ -297,110 +267,6 @@ class HostImageFeed(_KeyedShard):
 ImageFeed = DeviceImageFeed | HostImageFeed
 
 
-# --------------------------------------------------------------- streaming
-_DONE = object()
-
-
-def _background(source: Iterable[Any], depth: int) -> Iterator[Any]:
-    """Items of ``source`` produced by a daemon thread, at most ``depth`` ahead.
-
-    The host work (gathering rows, pinning) releases the GIL inside torch, so it overlaps
-    with the training step. Errors in the thread are re-raised here; closing this
-    generator stops the thread.
-    """
-    items: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in source:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as error:  # handed to the consumer, raised there
-            put(error)
-
-    thread = threading.Thread(target=produce, name="image-feed-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = items.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
-def prefetch_to_device(host_batches: Iterable[Any], device: str | torch.device,
-                       depth: int = PREFETCH_DEPTH) -> Iterator[torch.Tensor]:
-    """uint8 host batches (numpy or torch) -> the same batches on ``device``, ``depth`` ahead.
-
-    A background thread pulls from ``host_batches`` and pins each batch (unless already
-    pinned); the copies to the GPU are issued ``non_blocking`` on a side stream up to
-    ``depth`` batches before the step asks for them, and the step's stream waits for a
-    batch's copy only when it takes that batch. On a CPU device there is nothing to
-    copy: the thread's prefetch is all there is. Normalise with :func:`normalize` on
-    the device, after the copy: uint8 moves 4x fewer bytes than float32.
-    """
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-
-    def pinned(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
-        for batch in batches:
-            batch = _as_uint8_tensor(batch) if not isinstance(batch, torch.Tensor) else batch
-            yield batch.pin_memory() if cuda and not batch.is_pinned() else batch
-
-    ready = _background(pinned(host_batches), depth)
-    try:
-        if cuda:
-            yield from _copied_ahead(ready, device, depth)
-        else:
-            yield from (b.to(device) for b in ready)
-    finally:
-        ready.close()  # stops the thread now, not when the generator is collected
-
-
-def _copied_ahead(ready: Iterator[torch.Tensor], device: torch.device, depth: int) -> Iterator[torch.Tensor]:
-    copy_stream = torch.cuda.Stream(device=device)
-    in_flight: list[tuple[torch.Tensor, torch.cuda.Event]] = []
-
-    def issue(host: torch.Tensor) -> None:
-        with torch.cuda.stream(copy_stream):
-            on_device = host.to(device, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(copy_stream)
-        in_flight.append((on_device, done))
-
-    for host in ready:
-        issue(host)
-        if len(in_flight) > depth:
-            yield _hand_over(*in_flight.pop(0), device)
-    while in_flight:
-        yield _hand_over(*in_flight.pop(0), device)
-
-
-def _hand_over(on_device: torch.Tensor, copied: torch.cuda.Event, device: torch.device) -> torch.Tensor:
-    consumer = torch.cuda.current_stream(device)
-    consumer.wait_event(copied)  # the step's kernels start only after the bytes are there
-    # The tensor was allocated on the copy stream; tell the caching allocator that the
-    # step's stream uses it, or its memory could be handed out again while still in use.
-    on_device.record_stream(consumer)
-    return on_device
-
-
 # -------------------------------------------------------- where the shard lives
 @dataclass(frozen=True)
 class CacheDecision:
@@ -476,7 +342,7 @@ def make_feed(images: Any, keys: Sequence[Any] | torch.Tensor, batch_size: int, 
               shuffle: bool = True, share: float = 0.5) -> tuple[ImageFeed, CacheDecision]:
     """The feed for this rank's shard, on the device when ``device_cache`` says so, else
     streamed from host memory; with the decision and its reason (worth logging)."""
-    images = _as_uint8_tensor(images)  # once: a read-only array would be copied each time
+    images = as_uint8_tensor(images)  # once: a read-only array would be copied each time
     nbytes = images.numel()
     decision = choose_device_cache(device_cache, nbytes, device, share)
     feed_type = DeviceImageFeed if decision.on_device else HostImageFeed

@@ -22,9 +22,22 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return to_pixel_scale(images).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
+def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
+    """uint8 NCHW -> ``dtype`` in [-1, 1] on the images' device: 0 -> -1, 255 -> 1.
+
+    x / 127.5 - 1, exact at both ends since 127.5 and 255 are exact in float32 and bf16;
+    the inverse of :func:`to_uint8` up to the rounding there.
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalize expects uint8 images, got {images.dtype}")
+    x = images.to(dtype).div_(127.5).sub_(1.0)
+    # From NHWC storage the batch is already channels_last in memory: this is then free.
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 def to_model_input(images_uint8_nhwc: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC (array or tensor) -> float32 NCHW in [-1, 1]: the inverse of :func:`to_uint8`."""
-    return torch.as_tensor(images_uint8_nhwc).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    """uint8 NHWC (array or tensor) -> float32 NCHW in [-1, 1]."""
+    return normalize(torch.as_tensor(images_uint8_nhwc).permute(0, 3, 1, 2))
 
 
 def grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:

@@ -52,7 +52,7 @@ from typing import Callable, Iterator, Literal
 import torch
 from torch import nn
 
-from gan.feed import normalize
+from gan.images import normalize
 from gan.losses import GeneratorLoss, discriminator_loss, generator_loss
 
 CompileSetting = Literal["auto", "on", "off"]
@@ -248,25 +248,21 @@ class AdversarialStep:
 
 class DataPosition:
     """Endless batches from successive epochs, and where they are: (epoch, batches consumed
-    in that epoch). Saved in a checkpoint and given back to :meth:`batches`, it resumes
-    exactly where the run stopped, provided ``make_epoch(epoch)`` yields the same batches
-    for the same epoch (a permutation seeded by the epoch, say)."""
+    in that epoch). Saved in a checkpoint and given back, it resumes exactly where the run
+    stopped, provided ``make_epoch(epoch, start)`` yields the same batches for the same
+    epoch, from batch ``start`` on (a permutation seeded by the epoch, say:
+    :meth:`gan.feed.DeviceImageFeed.epoch_batches`)."""
 
     def __init__(self, epoch: int = 0, batch: int = 0):
         self.epoch, self.batch = epoch, batch
 
-    def batches(self, make_epoch: Callable[[int], Iterator[torch.Tensor]]) -> Iterator[torch.Tensor]:
-        skip = self.batch
+    def batches(self, make_epoch: Callable[[int, int], Iterator[torch.Tensor]]) -> Iterator[torch.Tensor]:
         while True:
-            seen = 0
-            for i, batch in enumerate(make_epoch(self.epoch)):
-                seen += 1
-                if i < skip:
-                    continue  # resume mid-epoch: the batches before the checkpoint were trained on
-                self.batch = i + 1
+            start = self.batch
+            for batch in make_epoch(self.epoch, start):
+                self.batch += 1
                 yield batch
-            if seen == 0:
+            if start == 0 and self.batch == 0:  # (a resume at an epoch's end legitimately yields none)
                 raise ValueError("an epoch yielded no batch: the dataset (or this worker's shard) is smaller than "
                                  "one batch")
-            skip = 0
             self.epoch, self.batch = self.epoch + 1, 0

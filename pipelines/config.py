@@ -27,6 +27,15 @@ class ConfigError(PipelineError, ValueError):
     """A config value or key that cannot be used; the message names the key."""
 
 
+def yaml_on_off(value, on: str = "on"):
+    """YAML 1.1 reads a bare on/off as a boolean: back to the switch's words."""
+    if value is True:
+        return on
+    if value is False:
+        return "off"
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -48,6 +57,14 @@ class DataConfig(_Section):
         False, description="keep one image per near-duplicate cluster (the audit's semantic hash), as the DCGAN paper did")
     near_duplicate_radius: int = Field(0, ge=0, le=64, description="Hamming bits within which hashes are near-duplicates")
     shuffle: bool = True
+    device_cache: Literal["auto", "on", "off"] = Field(
+        "auto", description="hold each worker's shard on its GPU as uint8: auto = when it fits in half of the free "
+        "GPU memory, on = always (an error if it cannot fit), off = stream it from host memory")
+
+    @field_validator("device_cache", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value):
+        return yaml_on_off(value)
 
 
 class ModelConfig(_Section):
@@ -70,6 +87,10 @@ class TrainConfig(_Section):
     sync_batchnorm: bool = Field(False, description="batch statistics across workers (off in the paper)")
     mixed_precision: Literal["auto", "bf16", "off"] = Field("auto", description="auto: bf16 autocast on GPUs, off on CPUs")
     channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile G and D (auto: on GPUs)")
+    cuda_graphs: bool = Field(False, description="with compile: CUDA graphs (mode reduce-overhead)")
+    deterministic: bool = Field(
+        False, description="deterministic algorithms only (torch.use_deterministic_algorithms): bit-exact resumes")
     log_every: int = Field(10, ge=1, description="iterations between metric reports")
     sample_every: int = Field(0, ge=0, description="iterations between sample grids (0: once per epoch)")
     checkpoint_every: int = Field(200, ge=1, description="iterations between checkpoints (and one at the end)")
@@ -79,15 +100,10 @@ class TrainConfig(_Section):
         None, ge=1, description="fault injection for tests: the last rank exits at this iteration on its first attempt"
     )
 
-    @field_validator("mixed_precision", "channels_last", mode="before")
+    @field_validator("mixed_precision", "channels_last", "compile", mode="before")
     @classmethod
     def _yaml_switch(cls, value, info):
-        # YAML 1.1 reads a bare on/off as a boolean.
-        if value is False:
-            return "off"
-        if value is True:
-            return "bf16" if info.field_name == "mixed_precision" else "on"
-        return value
+        return yaml_on_off(value, "bf16" if info.field_name == "mixed_precision" else "on")
 
 
 class ScalingConfig(_Section):

@@ -1,9 +1,9 @@
 """Training input on a real 2-worker Ray Train TorchTrainer (gloo DDP on CPU).
 
 Each worker walks its shard for two epochs, with either feed the training loop uses
-(epoch_batches streaming from storage, or ShardInMemory holding the shard), turns every image it
-got back into its pixel hash (the float batch maps back to the stored uint8 pixels
-exactly) and writes what it saw to a file; the test maps hashes to dataset keys.
+(epoch_batches streaming through Ray Data, or its rows read once by read_shard and fed by
+gan.feed), turns every image it got back into its pixel hash and writes what it saw to
+a file; the test maps hashes to dataset keys.
 """
 
 import hashlib
@@ -16,7 +16,10 @@ import torch
 
 from gan.synthetic import synthetic_bedrooms
 from pipelines.config import load_config
-from pipelines.dataset.feed import ShardInMemory, epoch_batches, train_dataset
+from gan.feed import make_feed
+from gan.images import normalize, to_uint8
+from pipelines.dataset.feed import epoch_batches, train_dataset
+from pipelines.dataset.rows import read_shard
 from pipelines.dataset.format import read_manifest
 from pipelines.dataset.format import IMAGE, KEY, PIXEL_SHA256, content_hash, decode_images, read_columns
 from pipelines.dataset.ingestion import ensure_dataset
@@ -25,27 +28,28 @@ WORKERS, BATCH, EPOCHS, RES = 2, 8, 2, 32
 
 
 def _stored_pixel_hash(batch) -> list[str]:
-    pixels = ((batch + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pixels = batch.permute(0, 2, 3, 1).numpy()  # uint8 NCHW -> the stored NHWC pixels
     return [hashlib.sha256(np.ascontiguousarray(p).tobytes()).hexdigest() for p in pixels]
 
 
 def _train_loop(config):
     import torch.distributed as dist
 
-    rank = ray.train.get_context().get_world_rank()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seen = {}
     for name in ("divisible", "remainder"):
         shard = ray.train.get_dataset_shard(name)
         if config["feed"] == "memory":
-            held = ShardInMemory(shard, RES)
-            feed = lambda epoch: held.epoch_batches(BATCH, epoch, seed=3)  # noqa: E731
+            images, keys = read_shard(config["uris"][name], RES, rank, world)
+            held = make_feed(images, keys, BATCH, seed=3, rank=rank)[0]
+            feed = held.epoch_batches
         else:
             feed = lambda epoch: epoch_batches(shard, BATCH, RES, epoch, seed=3, shuffle_buffer=16)  # noqa: E731
         for epoch in range(EPOCHS):
             order, batches = [], 0
             for batch in feed(epoch):
-                assert batch.shape == (BATCH, 3, RES, RES) and batch.dtype == torch.float32
-                assert float(batch.min()) >= -1.0 and float(batch.max()) <= 1.0
+                assert batch.shape == (BATCH, 3, RES, RES) and batch.dtype == torch.uint8  # floats on the device
                 order += _stored_pixel_hash(batch)
                 batches += 1
             # The all-reduce DDP does after every step: it only returns if every rank gets here.
@@ -76,7 +80,7 @@ def test_two_workers_get_disjoint_equal_shards_covering_the_dataset_each_epoch(t
     out.mkdir()
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"out": str(out), "feed": feed},
+        train_loop_config={"out": str(out), "feed": feed, "uris": {"divisible": divisible_uri, "remainder": remainder_uri}},
         # Half a CPU each: the other CPU is left to Ray Data's read tasks.
         scaling_config=ScalingConfig(num_workers=WORKERS, resources_per_worker={"CPU": 0.5}),
         datasets={"divisible": train_dataset(divisible_uri), "remainder": train_dataset(remainder_uri)},
@@ -114,10 +118,13 @@ def test_synthetic_source_is_the_embedded_bedrooms_and_round_trips_to_model_inpu
     assert manifest["content_hash"] == content_hash(hashlib.sha256(x.tobytes()).hexdigest() for x in expected)
     assert manifest["source"].startswith("synthetic-bedrooms") and manifest["skipped"] == []
 
-    # The feed delivers exactly those pixels as [-1, 1] floats.
+    # The feed delivers exactly those pixels (uint8), and as [-1, 1] floats they round-trip.
     batches = list(epoch_batches(train_dataset(uri, shuffle_files=False).iterator(), 16, RES, epoch=0))
     assert len(batches) == 1
     assert sorted(_stored_pixel_hash(batches[0])) == sorted(by_hash)
+    floats = normalize(batches[0])
+    assert float(floats.min()) >= -1.0 and float(floats.max()) <= 1.0
+    assert torch.equal(to_uint8(floats), batches[0].permute(0, 2, 3, 1))
 
     # A second ensure_dataset reuses the complete dataset. Another recipe gets its own default
     # location; pointed at this dataset's location it is refused, naming both recipes.

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from gan.images import normalize
+from gan.prefetch import prefetch_to_device
 from gan.feed import (
     DeviceImageFeed,
     HostImageFeed,
@@ -13,8 +15,6 @@ from gan.feed import (
     epoch_permutation,
     fits_on_device,
     make_feed,
-    normalize,
-    prefetch_to_device,
     splitmix64,
     splitmix64_int,
 )

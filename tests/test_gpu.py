@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from gan.feed import DeviceImageFeed, HostImageFeed, epoch_permutation, normalize, splitmix64
+from gan.feed import DeviceImageFeed, HostImageFeed, epoch_permutation, splitmix64
+from gan.images import normalize
 from gan.models import Discriminator, Generator
 from gan.training import AdversarialStep, make_optimizers, unwrap
 

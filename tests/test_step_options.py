@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from gan.feed import normalize
+from gan.images import normalize
 from gan.latent import feature_maps_dropped
 from gan.models import Discriminator, Generator
 from gan.training import AdversarialStep, compile_enabled, make_optimizers, unwrap

@@ -1,8 +1,13 @@
-"""Training input: the canonical Parquet dataset as per-worker batches for Ray Train.
+"""Training input streamed through Ray Data, for shards too big to hold in memory.
 
+Most runs never use it: a worker whose shard fits in memory reads it once
+(:func:`pipelines.dataset.rows.read_shard`) and feeds it from the device or pinned host
+memory in an exact, resumable order (:mod:`gan.feed`). For bigger shards,
 ``TorchTrainer(datasets={"train": train_dataset(uri)})`` splits the dataset across the
-workers; inside ``train_loop_per_worker`` :func:`epoch_batches` turns this worker's
-shard (``ray.train.get_dataset_shard("train")``) into float NCHW tensors in [-1, 1].
+workers and :func:`epoch_batches` turns this worker's shard
+(``ray.train.get_dataset_shard("train")``) into uint8 NCHW batches. This order is *not*
+a function of (seed, epoch, rank) alone (below), so a resume is exact in iterations and
+noise but not in which images each batch holds.
 
 Shards are disjoint and cover the dataset once per epoch: Ray Train's default
 DataConfig gives each worker one output of ``streaming_split(num_workers, equal=True)``.
@@ -28,12 +33,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
 from pipelines import storage
-from gan.images import to_model_input
 from pipelines.dataset.format import IMAGE, SHARD_SUFFIX, decode_images, read_manifest
 
 
@@ -51,19 +54,21 @@ def train_dataset(uri: str, shuffle_files: bool = True, seed: int = 0):
 
 
 class _ImageBatch(ArrowBatchCollateFn):
-    """Arrow batch -> float NCHW tensor, reading the pixel column without a copy."""
+    """Arrow batch -> uint8 NCHW tensor (a view of NHWC pixels, so channels_last in memory);
+    the step turns it into floats on its device, moving a quarter of float32's bytes."""
 
     def __init__(self, resolution: int):
         super().__init__()
         self.resolution = resolution
 
     def __call__(self, batch) -> torch.Tensor:
-        return to_model_input(decode_images(batch.column(IMAGE), self.resolution))
+        pixels = decode_images(batch.column(IMAGE), self.resolution)
+        return torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy()).permute(0, 3, 1, 2)
 
 
 def epoch_batches(shard, batch_size: int, resolution: int, epoch: int, seed: int = 0,
                   shuffle_buffer: int | None = None) -> Iterator[torch.Tensor]:
-    """One epoch of this worker's shard as float NCHW batches in [-1, 1] (drop_last).
+    """One epoch of this worker's Ray Data shard as uint8 NCHW batches (drop_last).
 
     ``shuffle_buffer``: rows held for the local shuffle (None or 0: keep the read order).
     A buffer of 1024 rows (12 MiB at 64 px) feeds far more than a CPU training step
@@ -75,30 +80,3 @@ def epoch_batches(shard, batch_size: int, resolution: int, epoch: int, seed: int
     yield from shard.iter_torch_batches(
         batch_size=batch_size, collate_fn=_ImageBatch(resolution), drop_last=True, prefetch_batches=2, **kwargs
     )
-
-
-class ShardInMemory:
-    """This worker's shard read once and held as uint8 pixels, for a dataset that fits.
-
-    Each pass of the streaming feed restarts Ray Data's pipeline for the new epoch, a
-    pause every DDP rank waits through (seconds per epoch on small CPUs; see
-    benchmarks/scaling.py). Held in memory, the next epoch starts at once, as a fresh
-    permutation seeded by (seed, epoch), so a resumed run sees the same order. Ray
-    Train's equal split gives every rank the same number of rows, hence of batches.
-    """
-
-    def __init__(self, shard, resolution: int, read_batch: int = 1024):
-        parts = [decode_images(batch.column(IMAGE), resolution).copy()
-                 for batch in shard.iter_batches(batch_size=read_batch, batch_format="pyarrow")]
-        self.images = torch.from_numpy(np.concatenate(parts)) if parts else torch.empty(0, resolution, resolution, 3,
-                                                                                         dtype=torch.uint8)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def epoch_batches(self, batch_size: int, epoch: int, seed: int = 0, shuffle: bool = True) -> Iterator[torch.Tensor]:
-        n = len(self.images)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)) if shuffle \
-            else torch.arange(n)
-        for i in range(0, n - batch_size + 1, batch_size):
-            yield to_model_input(self.images[order[i:i + batch_size]])

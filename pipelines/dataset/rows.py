@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines import storage
-from pipelines.dataset.format import IMAGE, SHARD_SUFFIX, decode_images
+from pipelines.dataset.format import IMAGE, KEY, SHARD_SUFFIX, decode_images
 from pipelines.errors import PipelineError
 
 ROWS_PER_CHUNK = 4096  # one task's share of a dataset: small enough to spread, large enough to amortise
@@ -52,6 +52,11 @@ def dataset_chunks(dataset_uri: str, rows_per_chunk: int = ROWS_PER_CHUNK) -> li
 
 def read_chunk(chunk: Chunk, resolution: int) -> np.ndarray:
     """uint8 (rows, R, R, 3) of one chunk, reading only the row groups it overlaps."""
+    return decode_images(_chunk_table(chunk, [IMAGE]).column(IMAGE), resolution)
+
+
+def _chunk_table(chunk: Chunk, columns: list[str]):
+    """The chunk's rows of ``columns`` (an Arrow table), reading only the row groups it overlaps."""
     import pyarrow.parquet as pq
 
     fs, path = storage.filesystem(chunk.file)
@@ -64,8 +69,8 @@ def read_chunk(chunk: Chunk, resolution: int) -> np.ndarray:
                 groups.append(g)
                 first_row = offset if first_row is None else first_row
             offset += n
-        table = pf.read_row_groups(groups, columns=[IMAGE])
-    return decode_images(table.column(IMAGE).slice(chunk.start - first_row, chunk.rows), resolution)
+        table = pf.read_row_groups(groups, columns=columns)
+    return table.slice(chunk.start - first_row, chunk.rows)
 
 
 def read_rows(chunks: list[Chunk], indices: np.ndarray, resolution: int) -> np.ndarray:
@@ -77,3 +82,29 @@ def read_rows(chunks: list[Chunk], indices: np.ndarray, resolution: int) -> np.n
         if len(hit):
             out[hit] = read_chunk(chunk, resolution)[indices[hit] - chunk.first]
     return out
+
+
+def rank_rows(total: int, rank: int, world: int) -> range:
+    """The global rows of a training worker: a contiguous, equal share of the dataset's
+    fixed order, a function of (rank, world) alone. The ``total % world`` rows at the end
+    belong to no rank, so that every DDP rank runs the same number of steps."""
+    share = total // world
+    return range(rank * share, (rank + 1) * share)
+
+
+def read_shard(dataset_uri: str, resolution: int, rank: int, world: int,
+               rows_per_chunk: int = ROWS_PER_CHUNK) -> tuple[np.ndarray, list[str]]:
+    """This worker's images (uint8 NHWC) and their keys, reading only the row groups that hold them."""
+    chunks = dataset_chunks(dataset_uri, rows_per_chunk)
+    rows = rank_rows(chunks[-1].first + chunks[-1].rows, rank, world)
+    images = np.empty((len(rows), resolution, resolution, 3), np.uint8)
+    keys: list[str] = []
+    for chunk in chunks:
+        lo, hi = max(rows.start, chunk.first), min(rows.stop, chunk.first + chunk.rows)
+        if lo >= hi:
+            continue
+        part = Chunk(chunk.file, chunk.start + lo - chunk.first, chunk.start + hi - chunk.first, lo)
+        table = _chunk_table(part, [KEY, IMAGE])
+        images[lo - rows.start:hi - rows.start] = decode_images(table.column(IMAGE), resolution)
+        keys += table.column(KEY).to_pylist()
+    return images, keys

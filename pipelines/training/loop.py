@@ -32,7 +32,7 @@ from gan.training import AdversarialStep, DataPosition, make_optimizers, unwrap
 from pipelines import tracking
 from pipelines.checkpoints import build_networks, load_state, save_state
 from pipelines.config import PipelineConfig
-from pipelines.dataset.feed import ShardInMemory, epoch_batches
+from pipelines.dataset.feed import epoch_batches
 from pipelines.distributed import convert_sync_batchnorm, ddp_kwargs, replica_divergence
 from pipelines.hardware import step_options
 
@@ -91,7 +91,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if worker.start >= worker.cfg.train.iterations:
         report_final_checkpoint_again(worker)
         return
-    batches = build_feed(worker, ray.train.get_dataset_shard("train"), loop_config.get("shard_in_memory", False))  # (3)
+    batches = build_feed(worker, ray.train.get_dataset_shard("train"))  # (3)
     worker.t_start = time.perf_counter()
     total, epoch_seen = worker.cfg.train.iterations, worker.position.epoch
     window: list[dict[str, torch.Tensor]] = []
@@ -121,6 +121,9 @@ def build_training(cfg: PipelineConfig, device: torch.device, world: int):
     import ray.train.torch
 
     opts = step_options(device, cfg.train.mixed_precision, cfg.train.channels_last)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)  # CUDA also needs CUBLAS_WORKSPACE_CONFIG (set below)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     g, d = build_networks(cfg.model.model_dump())
     if cfg.train.sync_batchnorm and world > 1:
@@ -150,7 +153,7 @@ def build_networks_and_step(loop_config: dict[str, Any]) -> Worker:
     step = AdversarialStep(generator=g, discriminator=d, opt_g=opt_g, opt_d=opt_d, latent_dim=cfg.model.latent_dim,
                            discriminator_steps=cfg.train.discriminator_steps, generator_loss=cfg.train.generator_loss,
                            autocast_dtype=opts["autocast_dtype"], channels_last=opts["channels_last"],
-                           noise_generator=noise)
+                           noise_generator=noise, compile=cfg.train.compile, cuda_graphs=cfg.train.cuda_graphs)
     fixed_noise = torch.randn(SAMPLE_GRID_SIZE, cfg.model.latent_dim, 1, 1,
                               generator=torch.Generator().manual_seed(FIXED_NOISE_SEED))
     return Worker(cfg=cfg, rank=rank, world=world, g=g, d=d, opt_g=opt_g, opt_d=opt_d, step=step, noise=noise,
@@ -192,16 +195,64 @@ def open_metrics(worker: Worker, loop_config: dict[str, Any]) -> None:
             worker.metrics.client.log_metric(worker.run_id, "resumed_at_iteration", worker.start, step=worker.start)
 
 
-def build_feed(worker: Worker, shard, in_memory: bool) -> Iterator[torch.Tensor]:
-    """Endless float batches of this worker's shard, from the restored data position."""
-    cfg, seed = worker.cfg, worker.cfg.train.seed + worker.rank
-    if in_memory:
-        held = ShardInMemory(shard, cfg.model.resolution)
-        return worker.position.batches(
-            lambda epoch: held.epoch_batches(cfg.train.batch_size, epoch, seed, cfg.data.shuffle))
+def build_feed(worker: Worker, shard) -> Iterator[torch.Tensor]:
+    """Endless uint8 batches of this worker's shard, from the restored data position.
+
+    A shard that fits in memory is read once, from this rank's rows of the dataset
+    (:func:`pipelines.dataset.rows.read_shard`), and fed from the device (or pinned host
+    memory) in an order that depends on (seed, epoch, rank, world size) alone
+    (:mod:`gan.feed`): a resume sees exactly the batches the lost run would have seen.
+    Bigger shards stream through Ray Data (``shard``)."""
+    import itertools
+
+    from gan.feed import make_feed
+    from pipelines.dataset.format import read_manifest
+    from pipelines.dataset.rows import read_shard
+
+    cfg = worker.cfg
+    manifest = read_manifest(cfg.dataset_uri)
+    shard_bytes = manifest["count"] // worker.world * 3 * cfg.model.resolution ** 2
+    if _every_rank_can_hold(shard_bytes, worker):
+        images, keys = read_shard(cfg.dataset_uri, cfg.model.resolution, worker.rank, worker.world)
+        feed, decision = make_feed(images, keys, cfg.train.batch_size, cfg.train.seed, worker.rank,
+                                   worker.fixed_noise.device, cfg.data.device_cache, shuffle=cfg.data.shuffle)
+        if worker.rank == 0:
+            log.info(f"[train] feed: {len(keys)} images a worker, "
+                     f"{'on the device' if decision.on_device else 'host memory, prefetched'} ({decision.reason})")
+        warm_up(worker, next(feed.epoch_batches(0)))
+        return worker.position.batches(feed.epoch_batches)
+    seed = cfg.train.seed + worker.rank
     shuffle_buffer = 4 * cfg.train.batch_size if cfg.data.shuffle else None
-    return worker.position.batches(
-        lambda epoch: epoch_batches(shard, cfg.train.batch_size, cfg.model.resolution, epoch, seed, shuffle_buffer))
+    if worker.rank == 0:
+        log.warning(f"[train] feed: {shard_bytes / 2**30:.1f} GiB a worker does not fit in memory: streaming through "
+                    "Ray Data (a resume repeats no iteration, but batches may hold other images)")
+    return worker.position.batches(lambda epoch, start: itertools.islice(
+        epoch_batches(shard, cfg.train.batch_size, cfg.model.resolution, epoch, seed, shuffle_buffer), start, None))
+
+
+def warm_up(worker: Worker, real: torch.Tensor) -> None:
+    """Compile (and record CUDA graphs) before the clock starts, restoring every state
+    after, so a short run's throughput counts training only and the run is unchanged."""
+    if worker.step.compiled:
+        seconds = worker.step.warm_up(real)
+        if worker.rank == 0:
+            log.info(f"[train] compiled G and D in {seconds:.1f}s (not counted in img/s)")
+
+
+def _every_rank_can_hold(shard_bytes: int, worker: Worker) -> bool:
+    """Whether every rank can hold its shard in host memory (half of what its node has
+    free, shared by the workers on that node); one answer for all, or the ranks would
+    feed differently and DDP would wait forever."""
+    import ray.train
+    import torch.distributed as dist
+
+    from gan.feed import free_memory
+
+    free = free_memory("cpu") or 0
+    fits = torch.tensor([int(shard_bytes <= free * 0.5 / ray.train.get_context().get_local_world_size())])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(fits, op=dist.ReduceOp.MIN)
+    return bool(fits.item())
 
 
 # ----------------------------------------------------------------------------- one iteration and its window

@@ -25,11 +25,6 @@ from pipelines.dataset.ingestion import ensure_dataset
 from pipelines.provenance import git_commit, unique_run_name
 from pipelines.training.loop import train_loop_per_worker
 
-# A worker holds its shard in memory when it is at most this big (a dataset of 64 px
-# images up to ~85k images per worker); bigger datasets stream from storage every epoch.
-SHARD_IN_MEMORY_BYTES = 1 << 30
-
-
 def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
         evaluator: Callable | None = None, callbacks: list | None = None, keep_best_by: str | None = None):
     """Run the TorchTrainer; returns Ray Train's Result (result.checkpoint: the last one).
@@ -53,8 +48,7 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"pipeline": cfg.model_dump(), "tracking_uri": tracking_uri,
-                           "mlflow_run_id": mlflow_run_id, "evaluator": evaluator,
-                           "shard_in_memory": dataset_bytes(manifest) / cfg.scaling.num_workers <= SHARD_IN_MEMORY_BYTES},
+                           "mlflow_run_id": mlflow_run_id, "evaluator": evaluator},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -65,14 +59,10 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
                                                checkpoint_score_order="min"),
             callbacks=callbacks or [],
         ),
+        # For shards too big to hold in memory; a worker that holds its shard never reads it.
         datasets={"train": _quiet(train_dataset(cfg.dataset_uri))},
     )
     return trainer.fit()
-
-
-def dataset_bytes(manifest: dict) -> int:
-    """The decoded pixels' size: what ShardInMemory holds (uint8 HWC)."""
-    return manifest["count"] * 3 * manifest["resolution"] ** 2
 
 
 def _quiet(dataset):
