@@ -33,7 +33,7 @@ Speed options for GPUs (all off by default, so the CPU step is unchanged):
   launch per graph instead of one per kernel). The compiled callables are private to
   the step; ``self.generator`` / ``self.discriminator`` stay the modules given, so
   ``state_dict()`` has no ``_orig_mod.`` prefix, DDP sees its own wrapper, and forward
-  hooks (``gan.latent.drop_feature_maps``) work on ``unwrap(step.generator)`` called
+  hooks (``gan.latent_space.drop_feature_maps``) work on ``unwrap(step.generator)`` called
   eagerly. (Dynamo does not guard on hooks: a hook registered after compiling would be
   ignored by the compiled code, so hooks belong on the eager module.)
 - :meth:`AdversarialStep.warm_up` runs the compile (and CUDA-graph recording) before

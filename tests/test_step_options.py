@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from gan.images import normalize
-from gan.latent import feature_maps_dropped
+from gan.latent_space import feature_maps_dropped
 from gan.models import Discriminator, Generator
 from gan.training import AdversarialStep, compile_enabled, make_optimizers, unwrap
 
