@@ -102,7 +102,8 @@ def sample_latents(start: int, count: int, seed: int, dim: int) -> torch.Tensor:
 class WorkerPool:
     """``workers`` Ray actors (each with a GPU when ``use_gpu``), or this process when 0."""
 
-    def __init__(self, workers: int = 0, use_gpu: bool = False, cpus_per_worker: float = 1.0, progress: bool = True):
+    def __init__(self, workers: int = 0, use_gpu: bool = False, cpus_per_worker: float = 1.0, progress: bool = True,
+                 device: str | None = None):
         self.workers, self.progress = workers, progress
         self._local: EvaluationWorker | None = None
         self._actors: list = []
@@ -115,7 +116,7 @@ class WorkerPool:
             remote = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=cpus_per_worker)(EvaluationWorker)
             self._actors = [remote.remote() for _ in range(workers)]
         else:
-            self._local = EvaluationWorker()
+            self._local = EvaluationWorker(device)  # default: this process's GPU when it has one
 
     def __enter__(self):
         return self

@@ -72,7 +72,7 @@ def evaluate(args) -> int:
     tracking.check_tracking(tracking_uri)
     generator = generator_from_state(state) if state else load_generator(location)
     workers = args.workers if args.workers is not None else workers_for(cfg)
-    with WorkerPool(workers, cfg.scaling.use_gpu) as pool:
+    with WorkerPool(workers, cfg.scaling.use_gpu, device=args.device) as pool:
         result = evaluate_generator(generator, cfg.dataset_uri, cfg, samples=args.samples, manifest=manifest,
                                     audit_samples=args.audit_samples, out_dir=args.out, pool=pool, seed=args.seed,
                                     autoencoder_steps=args.autoencoder_steps)
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, help="Ray actors (0: this process; default scaling.num_workers if >1 or GPUs)")
     ap.add_argument("--out", help="folder for the grids (also logged to MLflow)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", help="where this process evaluates with --workers 0 (default: cuda when there is a GPU)")
     ap.add_argument("--autoencoder-steps", type=int,
                     help="training steps of the audit's autoencoder (default eval.audit_autoencoder_steps)")
     return run_command(PROG, lambda: evaluate(ap.parse_args(argv)))
