@@ -515,34 +515,34 @@ def _rendered_text(browser: str, url: str, profile: Path, expected: list[str]) -
 
 
 def test_mlflow_ui_shows_the_model_version_and_the_fid(cluster, job, tmp_path):
-    from urllib.parse import quote
-
     from mlflow.tracking import MlflowClient
+
+    from tests.authproxy import basic_auth_proxy
 
     browser = _chromium()
     client = MlflowClient(cluster.tracking_uri)
     name = job.config.registered_model_name
     version = client.get_model_version_by_alias(name, "champion").version
     profile = tmp_path / "chromium-profile"
-    # The browser logs in with the MLflow credentials (basic auth, as a user's browser does).
-    user, password = (quote(cluster.env[k], safe="") for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"))
-    ui = cluster.tracking_uri.replace("http://", f"http://{user}:{password}@", 1)
+    # A logged-in browser: every request reaches the server with the MLflow credentials
+    # (headless Chromium cannot answer the basic-auth dialog; tests/authproxy.py).
+    with basic_auth_proxy(cluster.tracking_uri, cluster.env["MLFLOW_TRACKING_USERNAME"],
+                          cluster.env["MLFLOW_TRACKING_PASSWORD"]) as ui:
+        model_url = f"{ui}/#/models/{name}"
+        text = _rendered_text(browser, model_url, profile, [name, f"Version {version}"])
+        assert name in text and f"Version {version}" in text, f"model page without version {version}:\n{text[:2000]}"
 
-    model_url = f"{ui}/#/models/{name}"
-    text = _rendered_text(browser, model_url, profile, [name, f"Version {version}"])
-    assert name in text and f"Version {version}" in text, f"model page without version {version}:\n{text[:2000]}"
+        run = job.pipeline_run
+        fid_key = next(k for k in run.data.metrics if k.startswith("fid"))
+        run_url = f"{ui}/#/experiments/{job.experiment_id}/runs/{run.info.run_id}"
+        text = _rendered_text(browser, run_url, profile, ["Metrics", fid_key])
+        assert re.search(rf"Metrics \(\d+\).*\b{re.escape(fid_key)}\b", text), f"run page without {fid_key}:\n{text[:2000]}"
 
-    run = job.pipeline_run
-    fid_key = next(k for k in run.data.metrics if k.startswith("fid"))
-    run_url = f"{ui}/#/experiments/{job.experiment_id}/runs/{run.info.run_id}"
-    text = _rendered_text(browser, run_url, profile, ["Metrics", fid_key])
-    assert re.search(rf"Metrics \(\d+\).*\b{re.escape(fid_key)}\b", text), f"run page without {fid_key}:\n{text[:2000]}"
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    for url, png in ((run_url, ARTIFACTS / "mlflow-run-page.png"), (model_url, ARTIFACTS / "mlflow-model-page.png")):
-        png.unlink(missing_ok=True)
-        _render(browser, url, profile, screenshot=png)
-        assert png.is_file() and png.stat().st_size > 10_000, f"no screenshot at {png}"
+        ARTIFACTS.mkdir(exist_ok=True)
+        for url, png in ((run_url, ARTIFACTS / "mlflow-run-page.png"), (model_url, ARTIFACTS / "mlflow-model-page.png")):
+            png.unlink(missing_ok=True)
+            _render(browser, url, profile, screenshot=png)
+            assert png.is_file() and png.stat().st_size > 10_000, f"no screenshot at {png}"
 
 
 def test_training_alone_is_submitted_and_its_metrics_reach_the_server(cluster, job):
