@@ -1,6 +1,6 @@
 """Ingest and feed throughput, each against this machine's own limit, in one run.
 
-ingest_img_s  the shared LSUN JPEGs -> 64x64 Parquet dataset with ``pipelines.ingest``
+ingest_img_s  the shared LSUN JPEGs -> 64x64 Parquet dataset with ``pipelines.dataset.ingestion``
               (Ray Data: list, read, decode/crop/resize, hash, drop duplicates, write,
               manifest), on a warm local Ray cluster using every core.
 limit_img_s   the same per-image work - ``decode_square``, the very function ingest
@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.image_decode import decode_square  # noqa: E402
+from pipelines.dataset.decode import decode_square  # noqa: E402
 
 LSUN = ROOT.parent / "shared" / "data" / "lsun-bedroom" / "images"
 
@@ -73,7 +73,7 @@ def limit_rate_in_fresh_process(images: int, resolution: int, workers: int) -> f
 
 
 def ingest_rate(source: str, out: str, resolution: int, limit: int | None = None) -> tuple[float, dict]:
-    from pipelines.ingest import ingest
+    from pipelines.dataset.ingestion import ingest
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
@@ -95,10 +95,10 @@ def feed_rate(dataset: str, resolution: int, batch: int, epochs: int, shuffle_bu
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.data import train_dataset
+    from pipelines.dataset.feed import train_dataset
 
     def loop(config):
-        from pipelines.data import epoch_batches
+        from pipelines.dataset.feed import epoch_batches
 
         shard = ray.train.get_dataset_shard("train")
         rate = 0.0
@@ -185,7 +185,7 @@ def main(argv=None):
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = False
-        from pipelines.ingest import ingest
+        from pipelines.dataset.ingestion import ingest
 
         ingest(str(source), str(work / "warm"), args.resolution, limit=400, progress=False)  # starts the workers
         shutil.rmtree(work / "warm")

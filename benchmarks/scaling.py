@@ -1,7 +1,7 @@
 """Steady-state training throughput: plain loop vs 1 and 2 Ray Train workers, one thread each.
 
 All three train the paper's 64x64 networks (batch 64 per worker, k=1) on the same
-synthetic dataset. The Ray runs are the product itself (``pipelines.train.fit``);
+synthetic dataset. The Ray runs are the product itself (``pipelines.training.trainer.fit``);
 their rate is the ``images_per_second`` the training loop logs to MLflow per window,
 so start-up (Ray, worker group, first batches) is excluded by skipping the first
 windows, the same way the plain loop is warmed up before it is timed.
@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.plain_dcgan import plain_loop  # noqa: E402
-from gan.synthetic import synthetic_bedrooms, to_tensor_images  # noqa: E402
+from gan.images import to_model_input  # noqa: E402
+from gan.synthetic import synthetic_bedrooms  # noqa: E402
 from pipelines import tracking, train  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from tests.datasets import write_dataset  # noqa: E402
@@ -78,7 +79,7 @@ def main(argv=None):
     print(f"dataset: {len(images)} synthetic {RESOLUTION}px images at {dataset}", flush=True)
 
     timed = args.iterations - args.skip_windows * args.window
-    plain = plain_rate(to_tensor_images(images), timed, warmup=3)
+    plain = plain_rate(to_model_input(images), timed, warmup=3)
     print(f"plain loop, 1 thread: {plain:.1f} img/s", flush=True)
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     import ray

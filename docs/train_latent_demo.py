@@ -1,7 +1,7 @@
 """Train the small generator behind the images in docs/latent.md and save a checkpoint.
 
 Interim stand-in until `dcgan run` writes checkpoints itself: the same Algorithm 1
-step and demo config as ``pipelines.run``, on the synthetic bedrooms, ending with one
+step and demo config as ``pipelines.steps.run``, on the synthetic bedrooms, ending with one
 checkpoint in the format of ``pipelines.checkpoints``.
 
     python docs/train_latent_demo.py --out runs/latent-demo/checkpoint --config demo \
@@ -19,8 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gan.synthetic import synthetic_bedrooms, to_tensor_images  # noqa: E402
-from gan.training import AdversarialStep, cycle_batches, make_optimizers  # noqa: E402
+from gan.images import to_model_input  # noqa: E402
+from gan.synthetic import synthetic_bedrooms  # noqa: E402
+from gan.training import AdversarialStep, DataPosition, make_optimizers  # noqa: E402
 from pipelines.checkpoints import build_networks, save_state  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 
@@ -35,12 +36,13 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.overrides)
     torch.set_num_threads(args.threads)
     torch.manual_seed(cfg.train.seed)
-    data = to_tensor_images(synthetic_bedrooms(cfg.data.synthetic_images, cfg.model.resolution, cfg.data.synthetic_seed))
+    data = to_model_input(synthetic_bedrooms(cfg.data.synthetic_images, cfg.model.resolution, cfg.data.synthetic_seed))
     g, d = build_networks(cfg.model.model_dump())
     opt_g, opt_d = make_optimizers(g, d, cfg.train.lr_g, cfg.train.lr_d, (cfg.train.beta1, cfg.train.beta2))
-    step = AdversarialStep(g, d, opt_g, opt_d, cfg.model.latent_dim, cfg.train.discriminator_steps, cfg.train.generator_loss)
+    step = AdversarialStep(generator=g, discriminator=d, opt_g=opt_g, opt_d=opt_d, latent_dim=cfg.model.latent_dim,
+                           discriminator_steps=cfg.train.discriminator_steps, generator_loss=cfg.train.generator_loss)
     b = cfg.train.batch_size
-    real = (batch for _, batch in cycle_batches(lambda epoch: data[torch.randperm(len(data))].split(b)[: len(data) // b]))
+    real = DataPosition().batches(lambda epoch: data[torch.randperm(len(data))].split(b)[: len(data) // b])
     start = time.time()
     for i in range(1, cfg.train.iterations + 1):
         metrics = step(real)

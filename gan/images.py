@@ -11,10 +11,20 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float NCHW in [-1, 1] -> uint8 NHWC."""
-    x = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+def to_pixel_scale(images: torch.Tensor) -> torch.Tensor:
+    """float NCHW in [-1, 1] (the generator's tanh range) -> float NCHW in [0, 255], unrounded."""
+    return images.detach().float().clamp(-1, 1).add(1).mul(127.5)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float NCHW in [-1, 1] -> uint8 NHWC on the same device, rounded to nearest (as the
+    reference FID code quantises generated images)."""
+    return to_pixel_scale(images).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def to_model_input(images_uint8_nhwc: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC (array or tensor) -> float32 NCHW in [-1, 1]: the inverse of :func:`to_uint8`."""
+    return torch.as_tensor(images_uint8_nhwc).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 def grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gan.images import to_pixel_scale
+
 VIEW_SIZE = 32
 VIEW_DIM = VIEW_SIZE * VIEW_SIZE * 3  # 3072
 CODE_BITS = 128
@@ -49,7 +51,7 @@ def audit_views(images: np.ndarray | torch.Tensor) -> np.ndarray:
     if x.is_floating_point():
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"float images must be (N, 3, H, W) in [-1, 1], got {tuple(x.shape)}")
-        x = x.detach().float().cpu().add(1).mul(127.5).clamp(0, 255)
+        x = to_pixel_scale(x).cpu()
     else:
         if x.dim() != 4 or x.shape[-1] != 3:
             raise ValueError(f"uint8 images must be (N, H, W, 3), got {tuple(x.shape)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import colorsys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -35,15 +36,47 @@ def _lerp(p, q, t: float):
     return (p[0] + (q[0] - p[0]) * t, p[1] + (q[1] - p[1]) * t)
 
 
+@dataclass
+class _Room:
+    """One bedroom being drawn: the canvas, its random stream and the back wall's corners."""
+
+    rng: np.random.Generator
+    img: Image.Image
+    draw: ImageDraw.ImageDraw
+    s: float
+    bx0: float  # the back wall: corners, width and height
+    by0: float
+    bx1: float
+    by1: float
+    bw: float
+    bh: float
+
+
 def render_bedroom(seed: int, resolution: int = 64, index: int = 0) -> np.ndarray:
-    """One synthetic bedroom as uint8 (resolution, resolution, 3)."""
+    """One synthetic bedroom as uint8 (resolution, resolution, 3).
+
+    The parts are drawn back to front, each consuming the random stream in a fixed
+    order, so (seed, index) fixes the image."""
     rng = np.random.default_rng([seed, index])
     size = resolution * _SUPERSAMPLE
+    room = _walls(rng, size)
+    _window(room)
+    if rng.random() < 0.5:
+        _picture(room)
+    if rng.random() < 0.4:
+        _rug(room)
+    hx0, hx1, wood = _bed(room)
+    if rng.random() < 0.85:
+        _night_stand_with_lamp(room, hx0, hx1, wood, size)
+    return _photo_finish(room, resolution)
+
+
+def _walls(rng: np.random.Generator, size: int) -> _Room:
+    """Back wall, side walls, ceiling and floor. The back wall's placement sets the
+    perspective (the camera's position)."""
     s = float(size)
     img = Image.new("RGB", (size, size))
     draw = ImageDraw.Draw(img)
-
-    # Back wall rectangle; its placement sets the perspective (the camera's position).
     bw = rng.uniform(0.45, 0.7) * s
     bh = rng.uniform(0.4, 0.6) * s
     bx0 = rng.uniform(0.05 * s, s - bw - 0.05 * s)
@@ -72,30 +105,38 @@ def render_bedroom(seed: int, resolution: int = 64, index: int = 0) -> np.ndarra
     edge = _shade(wall, 0.7)
     for p, q in ((tl, (0, 0)), (tr, (s, 0)), (bl, (0, s)), (br, (s, s))):
         draw.line([p, q], fill=edge, width=_SUPERSAMPLE)
+    return _Room(rng, img, draw, s, bx0, by0, bx1, by1, bw, bh)
 
-    # Window: on the back wall, or on a side wall (drawn as a perspective quad).
+
+def _window_quad(room: _Room, on_back_wall: bool) -> list[tuple[float, float]]:
+    """The window's corners: a rectangle on the back wall, or a perspective quad on a side wall."""
+    rng, s = room.rng, room.s
+    if on_back_wall:
+        ww, wh = rng.uniform(0.2, 0.35) * room.bw, rng.uniform(0.3, 0.45) * room.bh
+        wx0 = room.bx0 + rng.uniform(0.05, 0.95) * (room.bw - ww)
+        wy0 = room.by0 + rng.uniform(0.08, 0.2) * room.bh
+        return [(wx0, wy0), (wx0 + ww, wy0), (wx0 + ww, wy0 + wh), (wx0, wy0 + wh)]
+    left = rng.random() < 0.5
+    near_x, far_x = (0.0, room.bx0) if left else (s, room.bx1)
+    t0, t1 = rng.uniform(0.2, 0.45), rng.uniform(0.65, 0.85)
+    xa, xb = near_x + (far_x - near_x) * t0, near_x + (far_x - near_x) * t1
+
+    def y_on_side(x, frac):  # frac 0 = ceiling edge, 1 = floor edge
+        t = (x - near_x) / (far_x - near_x)
+        top, bottom = t * room.by0, s + t * (room.by1 - s)
+        return top + frac * (bottom - top)
+
+    f0, f1 = rng.uniform(0.22, 0.3), rng.uniform(0.55, 0.62)
+    return [(xa, y_on_side(xa, f0)), (xb, y_on_side(xb, f0)), (xb, y_on_side(xb, f1)), (xa, y_on_side(xa, f1))]
+
+
+def _window(room: _Room) -> None:
+    """A framed window with sky, mullions and, often, curtains."""
+    rng, draw = room.rng, room.draw
     sky_top = _hsv(rng, (0.55, 0.62), (0.3, 0.7), (0.75, 1.0))
     sky_bottom = _shade(sky_top, 1.15)
     frame = (235, 235, 230) if rng.random() < 0.7 else _hsv(rng, (0.05, 0.1), (0.5, 0.8), (0.3, 0.5))
-    window_on_back = rng.random() < 0.55
-    if window_on_back:
-        ww, wh = rng.uniform(0.2, 0.35) * bw, rng.uniform(0.3, 0.45) * bh
-        wx0 = bx0 + rng.uniform(0.05, 0.95) * (bw - ww)
-        wy0 = by0 + rng.uniform(0.08, 0.2) * bh
-        quad = [(wx0, wy0), (wx0 + ww, wy0), (wx0 + ww, wy0 + wh), (wx0, wy0 + wh)]
-    else:
-        left = rng.random() < 0.5
-        near_x, far_x = (0.0, bx0) if left else (s, bx1)
-        t0, t1 = rng.uniform(0.2, 0.45), rng.uniform(0.65, 0.85)
-        xa, xb = near_x + (far_x - near_x) * t0, near_x + (far_x - near_x) * t1
-
-        def y_on_side(x, frac):  # frac 0 = ceiling edge, 1 = floor edge
-            t = (x - near_x) / (far_x - near_x)
-            top, bottom = t * by0, s + t * (by1 - s)
-            return top + frac * (bottom - top)
-
-        f0, f1 = rng.uniform(0.22, 0.3), rng.uniform(0.55, 0.62)
-        quad = [(xa, y_on_side(xa, f0)), (xb, y_on_side(xb, f0)), (xb, y_on_side(xb, f1)), (xa, y_on_side(xa, f1))]
+    quad = _window_quad(room, on_back_wall=rng.random() < 0.55)
     draw.polygon(quad, fill=frame)
     inner = [_lerp(quad[0], quad[2], 0.06), _lerp(quad[1], quad[3], 0.06), _lerp(quad[2], quad[0], 0.06), _lerp(quad[3], quad[1], 0.06)]
     draw.polygon(inner, fill=sky_top)
@@ -109,31 +150,40 @@ def render_bedroom(seed: int, resolution: int = 64, index: int = 0) -> np.ndarra
         draw.polygon([quad[0], _lerp(quad[0], quad[1], cw), _lerp(quad[3], quad[2], cw * 0.8), quad[3]], fill=curtain)
         draw.polygon([_lerp(quad[1], quad[0], cw), quad[1], quad[2], _lerp(quad[2], quad[3], cw * 0.8)], fill=_shade(curtain, 0.9))
 
-    # Picture on the back wall.
-    if rng.random() < 0.5:
-        pw, ph = rng.uniform(0.12, 0.22) * bw, rng.uniform(0.12, 0.2) * bh
-        px0 = bx0 + rng.uniform(0.1, 0.9) * (bw - pw)
-        py0 = by0 + rng.uniform(0.1, 0.25) * bh
-        draw.rectangle([px0, py0, px0 + pw, py0 + ph], fill=(60, 45, 35))
-        m = 0.12 * pw
-        draw.rectangle([px0 + m, py0 + m, px0 + pw - m, py0 + ph - m], fill=_hsv(rng, (0.0, 1.0), (0.3, 0.8), (0.4, 0.9)))
 
-    # Rug in front of the bed.
-    if rng.random() < 0.4:
-        rug = _hsv(rng, (0.0, 1.0), (0.3, 0.7), (0.3, 0.7))
-        ry0 = by1 + rng.uniform(0.2, 0.35) * (s - by1)
-        draw.polygon([(bx0 + 0.1 * bw, ry0), (bx1 - 0.1 * bw, ry0), (bx1 + 0.1 * bw, s * 0.98), (bx0 - 0.1 * bw, s * 0.98)], fill=rug)
+def _picture(room: _Room) -> None:
+    """A framed picture on the back wall."""
+    rng, bw, bh = room.rng, room.bw, room.bh
+    pw, ph = rng.uniform(0.12, 0.22) * bw, rng.uniform(0.12, 0.2) * bh
+    px0 = room.bx0 + rng.uniform(0.1, 0.9) * (bw - pw)
+    py0 = room.by0 + rng.uniform(0.1, 0.25) * bh
+    room.draw.rectangle([px0, py0, px0 + pw, py0 + ph], fill=(60, 45, 35))
+    m = 0.12 * pw
+    room.draw.rectangle([px0 + m, py0 + m, px0 + pw - m, py0 + ph - m], fill=_hsv(rng, (0.0, 1.0), (0.3, 0.8), (0.4, 0.9)))
 
-    # Bed: headboard against the back wall, mattress coming toward the viewer.
+
+def _rug(room: _Room) -> None:
+    """A rug on the floor in front of the bed."""
+    rng, s, bw = room.rng, room.s, room.bw
+    rug = _hsv(rng, (0.0, 1.0), (0.3, 0.7), (0.3, 0.7))
+    ry0 = room.by1 + rng.uniform(0.2, 0.35) * (s - room.by1)
+    room.draw.polygon([(room.bx0 + 0.1 * bw, ry0), (room.bx1 - 0.1 * bw, ry0), (room.bx1 + 0.1 * bw, s * 0.98),
+                       (room.bx0 - 0.1 * bw, s * 0.98)], fill=rug)
+
+
+def _bed(room: _Room) -> tuple[float, float, tuple[int, int, int]]:
+    """Headboard against the back wall, mattress coming toward the viewer, blanket and
+    pillows; returns the headboard's x extent and its wood colour (the night stand matches)."""
+    rng, draw, bw, bh, by1 = room.rng, room.draw, room.bw, room.bh, room.by1
     bed_w = rng.uniform(0.45, 0.75) * bw
-    bed_cx = bx0 + rng.uniform(0.3, 0.7) * bw
+    bed_cx = room.bx0 + rng.uniform(0.3, 0.7) * bw
     hx0, hx1 = bed_cx - bed_w / 2, bed_cx + bed_w / 2
     head_h = rng.uniform(0.25, 0.45) * bh
     wood = _hsv(rng, (0.04, 0.1), (0.3, 0.7), (0.2, 0.6))
     draw.rectangle([hx0, by1 - head_h, hx1, by1], fill=wood)
     depth = rng.uniform(0.6, 1.05)  # how far the bed reaches toward the viewer
     mattress_h = 0.12 * bh
-    vp = (bed_cx, by0 + 0.4 * bh)
+    vp = (bed_cx, room.by0 + 0.4 * bh)
 
     def toward_viewer(p, t):  # move a back-wall point along the ray away from the vanishing point
         return (p[0] + (p[0] - vp[0]) * t * 1.4, p[1] + (p[1] - vp[1]) * t * 1.4)
@@ -156,28 +206,35 @@ def render_bedroom(seed: int, resolution: int = 64, index: int = 0) -> np.ndarra
         b = _lerp(back_l, back_r, (i + 0.92) / n_pillows)
         a2, b2 = toward_viewer(a, depth * 0.22), toward_viewer(b, depth * 0.22)
         draw.rounded_rectangle([min(a[0], a2[0]), a[1] - 0.18 * pw, max(b[0], b2[0]), a2[1]], radius=0.15 * pw, fill=pillow, outline=_shade(pillow, 0.85), width=_SUPERSAMPLE)
+    return hx0, hx1, wood
 
-    # Night stand with a lamp beside the bed.
-    if rng.random() < 0.85:
-        side = -1 if rng.random() < 0.5 else 1
-        ns_w = 0.13 * bw
-        ns_x0 = hx0 - ns_w * 1.15 if side < 0 else hx1 + ns_w * 0.15
-        ns_h = 0.2 * bh
-        draw.rectangle([ns_x0, by1 - ns_h, ns_x0 + ns_w, by1 + 0.02 * bh], fill=_shade(wood, 1.1))
-        draw.line([(ns_x0, by1 - ns_h * 0.5), (ns_x0 + ns_w, by1 - ns_h * 0.5)], fill=_shade(wood, 0.7), width=_SUPERSAMPLE)
-        lamp_cx = ns_x0 + ns_w / 2
-        stem_top = by1 - ns_h - 0.14 * bh
-        draw.line([(lamp_cx, by1 - ns_h), (lamp_cx, stem_top)], fill=(80, 70, 60), width=2 * _SUPERSAMPLE)
-        shade_col = _hsv(rng, (0.08, 0.15), (0.2, 0.6), (0.85, 1.0))
-        sw = 0.1 * bw
-        draw.polygon([(lamp_cx - sw * 0.35, stem_top - 0.1 * bh), (lamp_cx + sw * 0.35, stem_top - 0.1 * bh), (lamp_cx + sw * 0.6, stem_top), (lamp_cx - sw * 0.6, stem_top)], fill=shade_col)
-        glow = Image.new("L", (size, size), 0)
-        ImageDraw.Draw(glow).ellipse([lamp_cx - sw * 1.6, stem_top - 0.25 * bh, lamp_cx + sw * 1.6, stem_top + 0.15 * bh], fill=90)
-        glow = glow.filter(ImageFilter.GaussianBlur(sw * 0.6))
-        img = Image.composite(Image.new("RGB", (size, size), (255, 240, 200)), img, glow)
 
-    # Light falloff: brighter near the window / centre, a little noise like a photo.
-    arr = np.asarray(img.resize((resolution, resolution), Image.LANCZOS), dtype=np.float32)
+def _night_stand_with_lamp(room: _Room, hx0: float, hx1: float, wood, size: int) -> None:
+    """A night stand beside the bed, with a lamp and its glow."""
+    rng, draw, bw, bh, by1 = room.rng, room.draw, room.bw, room.bh, room.by1
+    side = -1 if rng.random() < 0.5 else 1
+    ns_w = 0.13 * bw
+    ns_x0 = hx0 - ns_w * 1.15 if side < 0 else hx1 + ns_w * 0.15
+    ns_h = 0.2 * bh
+    draw.rectangle([ns_x0, by1 - ns_h, ns_x0 + ns_w, by1 + 0.02 * bh], fill=_shade(wood, 1.1))
+    draw.line([(ns_x0, by1 - ns_h * 0.5), (ns_x0 + ns_w, by1 - ns_h * 0.5)], fill=_shade(wood, 0.7), width=_SUPERSAMPLE)
+    lamp_cx = ns_x0 + ns_w / 2
+    stem_top = by1 - ns_h - 0.14 * bh
+    draw.line([(lamp_cx, by1 - ns_h), (lamp_cx, stem_top)], fill=(80, 70, 60), width=2 * _SUPERSAMPLE)
+    shade_col = _hsv(rng, (0.08, 0.15), (0.2, 0.6), (0.85, 1.0))
+    sw = 0.1 * bw
+    draw.polygon([(lamp_cx - sw * 0.35, stem_top - 0.1 * bh), (lamp_cx + sw * 0.35, stem_top - 0.1 * bh), (lamp_cx + sw * 0.6, stem_top), (lamp_cx - sw * 0.6, stem_top)], fill=shade_col)
+    glow = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(glow).ellipse([lamp_cx - sw * 1.6, stem_top - 0.25 * bh, lamp_cx + sw * 1.6, stem_top + 0.15 * bh], fill=90)
+    glow = glow.filter(ImageFilter.GaussianBlur(sw * 0.6))
+    room.img = Image.composite(Image.new("RGB", (size, size), (255, 240, 200)), room.img, glow)
+
+
+def _photo_finish(room: _Room, resolution: int) -> np.ndarray:
+    """Downsample, then light falloff (brighter near the window / centre) and a little
+    noise, like a photo."""
+    rng = room.rng
+    arr = np.asarray(room.img.resize((resolution, resolution), Image.LANCZOS), dtype=np.float32)
     yy, xx = np.mgrid[0:resolution, 0:resolution] / resolution
     lx, ly = rng.uniform(0.2, 0.8), rng.uniform(0.1, 0.5)
     light = 1.1 - 0.45 * np.sqrt((xx - lx) ** 2 + (yy - ly) ** 2) * rng.uniform(0.6, 1.2)
@@ -203,10 +260,3 @@ def synthetic_bedrooms(count: int, resolution: int = 64, seed: int = 0, workers:
     else:
         parts = [_render_range(r) for r in ranges]
     return np.concatenate(parts)
-
-
-def to_tensor_images(images: np.ndarray):
-    """uint8 NHWC -> float32 NCHW in [-1, 1]."""
-    import torch
-
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)

@@ -141,14 +141,27 @@ class AdversarialStep:
         return {**d_metrics, **self.generator_step(batch_size)}
 
 
-def cycle_batches(make_epoch: Callable[[int], Iterator[torch.Tensor]], start_epoch: int = 0):
-    """Endless batches from successive epochs; yields (epoch, batch)."""
-    epoch = start_epoch
-    while True:
-        empty = True
-        for batch in make_epoch(epoch):
-            empty = False
-            yield epoch, batch
-        if empty:
-            raise ValueError("the dataset yielded no batch in a whole epoch")
-        epoch += 1
+class DataPosition:
+    """Endless batches from successive epochs, and where they are: (epoch, batches consumed
+    in that epoch). Saved in a checkpoint and given back to :meth:`batches`, it resumes
+    exactly where the run stopped, provided ``make_epoch(epoch)`` yields the same batches
+    for the same epoch (a permutation seeded by the epoch, say)."""
+
+    def __init__(self, epoch: int = 0, batch: int = 0):
+        self.epoch, self.batch = epoch, batch
+
+    def batches(self, make_epoch: Callable[[int], Iterator[torch.Tensor]]) -> Iterator[torch.Tensor]:
+        skip = self.batch
+        while True:
+            seen = 0
+            for i, batch in enumerate(make_epoch(self.epoch)):
+                seen += 1
+                if i < skip:
+                    continue  # resume mid-epoch: the batches before the checkpoint were trained on
+                self.batch = i + 1
+                yield batch
+            if seen == 0:
+                raise ValueError("an epoch yielded no batch: the dataset (or this worker's shard) is smaller than "
+                                 "one batch")
+            skip = 0
+            self.epoch, self.batch = self.epoch + 1, 0

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from gan.models import Discriminator, Generator
-from pipelines import storage
+from pipelines import storage, tracking
+from pipelines.tracking import MLFLOW_SCHEMES
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -50,8 +51,6 @@ def generator_from_state(state: dict[str, Any]) -> Generator:
     return g.eval()
 
 
-MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
-
 
 def as_generator(model: torch.nn.Module, source: str = "the model") -> Generator:
     """A :class:`Generator` with named blocks to hook, from any module holding its weights.
@@ -74,12 +73,24 @@ def as_generator(model: torch.nn.Module, source: str = "the model") -> Generator
     return g.eval()
 
 
-def load_generator(uri: str, device: str | torch.device = "cpu") -> Generator:
-    """G in eval mode from ``models:/name@alias``, ``models:/name/3``, ``runs:/id/path``,
-    or a checkpoint (folder or .pt file, local or s3://)."""
+def load_generator(uri: str, device: str | torch.device = "cpu", tracking_uri: str | None = None) -> Generator:
+    """G in eval mode from ``models:/name@alias``, ``models:/name/3``, ``runs:/id/path``
+    (resolved against ``tracking_uri`` when given, after checking that it answers), or a
+    checkpoint (folder or .pt file, local or s3://)."""
     if uri.startswith(MLFLOW_SCHEMES):
         import mlflow.pytorch
 
+        if tracking_uri:
+            tracking.check_tracking(tracking_uri)
+            mlflow.set_tracking_uri(tracking_uri)
         model = mlflow.pytorch.load_model(uri, map_location=torch.device(device))
         return as_generator(model, uri).to(device)
     return generator_from_state(load_state(uri)).to(device)
+
+
+def checkpoint_uri(result) -> str:
+    """The URI of a Ray Train Result's last checkpoint (``s3://`` kept as such)."""
+    import pyarrow.fs as pafs
+
+    path = result.checkpoint.path
+    return storage.as_uri(path, storage.S3_SCHEME) if isinstance(result.checkpoint.filesystem, pafs.S3FileSystem) else path

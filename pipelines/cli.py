@@ -1,7 +1,7 @@
 """`dcgan`: one command, one subcommand per pipeline step.
 
 Each subcommand is a module with ``main(argv)``; this file only dispatches, so
-steps stay independent (``dcgan ingest ...`` == ``python -m pipelines.ingest ...``).
+steps stay independent (``dcgan ingest ...`` == ``python -m pipelines.steps.ingest ...``).
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "run": ("pipelines.run", "the whole pipeline: ingest, train, evaluate, audit, register"),
-    "ingest": ("pipelines.ingest", "turn LSUN LMDB / image folders / s3:// into the canonical Parquet dataset"),
-    "train": ("pipelines.train", "distributed DCGAN training on Ray Train"),
-    "evaluate": ("pipelines.evaluate", "FID, KID and the memorization audit of a run or checkpoint"),
-    "fid": ("pipelines.fid_cli", "FID (and KID) between two image folders or statistics files"),
-    "generate": ("pipelines.generate", "sample images from a registered model or checkpoint"),
-    "latent": ("pipelines.latent", "latent walks, vector arithmetic and forgetting feature maps"),
+    "run": ("pipelines.steps.run", "the whole pipeline: ingest, train, evaluate, audit, register"),
+    "ingest": ("pipelines.steps.ingest", "turn LSUN LMDB / image folders / s3:// into the canonical Parquet dataset"),
+    "train": ("pipelines.steps.train", "distributed DCGAN training on Ray Train"),
+    "evaluate": ("pipelines.steps.evaluate", "FID, KID and the memorization audit of a run or checkpoint"),
+    "fid": ("pipelines.steps.fid", "FID (and KID) between two image folders or statistics files"),
+    "generate": ("pipelines.steps.generate", "sample images from a registered model or checkpoint"),
+    "latent": ("pipelines.steps.latent", "latent walks, vector arithmetic and forgetting feature maps"),
     "sweep": ("tune.sweep", "Ray Tune sweep over learning rates and k"),
 }
 

@@ -16,10 +16,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipelines.errors import PipelineError
+from pipelines.storage import is_s3
+from pipelines.storage import join as join_uri
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """A config value or key that cannot be used; the message names the key."""
 
 
@@ -154,7 +158,7 @@ class PipelineConfig(_Section):
             return self.tracking.uri
         if os.environ.get("MLFLOW_TRACKING_URI"):
             return os.environ["MLFLOW_TRACKING_URI"]
-        if self.storage.startswith("s3://"):
+        if is_s3(self.storage):
             return "sqlite:///" + str(Path("runs", "mlflow.db").resolve())
         return "sqlite:///" + str(Path(self.storage, "mlflow.db").resolve())
 
@@ -166,12 +170,6 @@ class PipelineConfig(_Section):
 def _slug(source: str) -> str:
     tail = source.rstrip("/").split("/")[-1] or "dataset"
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in tail)
-
-
-def join_uri(root: str, *parts: str) -> str:
-    if "://" in root:
-        return "/".join([root.rstrip("/"), *parts])
-    return str(Path(root, *parts))
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

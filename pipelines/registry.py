@@ -83,3 +83,17 @@ def promote_if_better(name: str, version: str, fid: float, dataset_hash: str) ->
         reason = f"FID {fid:.3f} beats the champion's {best:.3f} (version {champion.version})"
     client.set_registered_model_alias(name, "champion", version)
     return True, reason
+
+
+def register_and_promote(generator: torch.nn.Module, name: str, fid: float, fid_metric: str, dataset_hash: str,
+                         tags: dict[str, Any]) -> tuple[Any, bool, str]:
+    """Log G to the active MLflow run, register it as a new version of ``name`` (tagged with
+    its FID, the dataset and ``tags``) and promote it to ``champion`` if it is the best;
+    returns (the ModelVersion, promoted, why)."""
+    from pipelines.provenance import git_commit
+
+    info = log_generator(generator)
+    version = register(info.model_uri, name, {FID_TAG: fid, "fid_metric": fid_metric, DATASET_TAG: dataset_hash,
+                                              "git_commit": git_commit(), **tags})
+    promoted, reason = promote_if_better(name, version.version, fid, dataset_hash)
+    return version, promoted, reason

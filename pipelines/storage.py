@@ -15,13 +15,18 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from pipelines.errors import PipelineError
 
-class StorageError(RuntimeError):
+
+class StorageError(PipelineError):
     """A location that cannot be read or written; the message says what to do."""
 
 
+S3_SCHEME = "s3://"
+
+
 def is_s3(uri: str) -> bool:
-    return str(uri).startswith("s3://")
+    return str(uri).startswith(S3_SCHEME)
 
 
 def s3_endpoint() -> str | None:
@@ -55,11 +60,21 @@ def s3_filesystem() -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def filesystem_path(uri: str) -> str:
+    """The path inside its filesystem: ``s3://bucket/key`` -> ``bucket/key``; a local path as is."""
+    return str(uri)[len(S3_SCHEME):] if is_s3(uri) else str(uri)
+
+
+def as_uri(path: str, like: str) -> str:
+    """A filesystem path back as a URI of the same kind as ``like`` (``bucket/key`` -> ``s3://bucket/key``)."""
+    return S3_SCHEME + path if is_s3(like) and not is_s3(path) else path
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or an s3://bucket/key URI."""
     uri = str(uri)
     if is_s3(uri):
-        return s3_filesystem(), uri[len("s3://") :].rstrip("/")
+        return s3_filesystem(), filesystem_path(uri).rstrip("/")
     if "://" in uri and not uri.startswith("file://"):
         raise StorageError(f"unsupported storage URI {uri!r}: use a local path or s3://bucket/prefix")
     path = uri[len("file://") :] if uri.startswith("file://") else uri
@@ -74,7 +89,17 @@ def join(uri: str, *parts: str) -> str:
 
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as e:
+        raise StorageError(f"cannot reach {uri}: {e}. " + _s3_hint() if is_s3(uri) else f"cannot read {uri}: {e}") from None
+
+
+def _s3_hint() -> str:
+    endpoint = s3_endpoint() or "AWS S3 (no AWS_ENDPOINT_URL set)"
+    return (f"Check that the S3 service at {endpoint} answers (for the local mini cluster: infra/local/start.sh), "
+            "that the bucket exists, and that AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role) "
+            "grant access.")
 
 
 def read_bytes(uri: str) -> bytes:
@@ -105,8 +130,7 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     """Files below uri (recursively), as URIs of the same kind, sorted."""
     fs, path = filesystem(uri)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    prefix = "s3://" if is_s3(uri) else ""
-    return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
+    return sorted(as_uri(i.path, uri) for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
 
 
 def delete_dir(uri: str) -> None:
@@ -128,10 +152,5 @@ def check_writable(uri: str) -> None:
         raise
     except Exception as e:  # noqa: BLE001 - any failure here means "not usable", with the cause attached
         if is_s3(uri):
-            endpoint = s3_endpoint() or "AWS S3 (no AWS_ENDPOINT_URL set)"
-            raise StorageError(
-                f"cannot write to {uri} through {endpoint}: {e}. Check that the S3 service answers "
-                "(for the local mini cluster: infra/local/start.sh), that the bucket exists, and that "
-                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role) grant write access."
-            ) from None
+            raise StorageError(f"cannot write to {uri}: {e}. " + _s3_hint()) from None
         raise StorageError(f"cannot write to {uri}: {e}") from None

@@ -18,14 +18,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
-import mlflow
-from mlflow.entities import Metric, RunStatus
-from mlflow.tracking import MlflowClient
+from pipelines.errors import PipelineError
+
+# mlflow is imported where it is used: checking that tracking answers must not wait
+# seconds for mlflow's import (a wrong URI fails a command in about a second).
 
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on one parameter value
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")  # model locations MLflow resolves
+CHECKPOINT_TAG = "checkpoint"  # on a training run: where its last checkpoint lives
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(PipelineError):
     """The tracking service does not answer; the message says how to start it."""
 
 
@@ -58,6 +61,9 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
 
 def configure(tracking_uri: str, experiment: str | None = None, check: bool = True) -> str | None:
     """Point MLflow at tracking_uri (after checking it answers); returns the experiment id."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     if check:
         check_tracking(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
@@ -87,11 +93,14 @@ def params_from_config(flat: dict[str, Any]) -> dict[str, str]:
 
 @contextlib.contextmanager
 def run(tracking_uri: str, experiment: str, run_name: str | None = None, run_id: str | None = None,
-        parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+        parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[Any]:
     """An MLflow run that always ends FINISHED or FAILED (KILLED when stopped from outside), never RUNNING.
 
     ``run_id`` continues an existing run (a resumed training); ``parent_run_id`` nests it.
     """
+    import mlflow
+    from mlflow.entities import RunStatus
+
     exp_id = configure(tracking_uri, experiment)
     all_tags = dict(tags or {})
     if parent_run_id:
@@ -121,6 +130,8 @@ class MetricBuffer:
     marker = "loss_d"
 
     def __init__(self, tracking_uri: str | None, run_id: str | None, pending: list | None = None):
+        from mlflow.tracking import MlflowClient
+
         self.client = MlflowClient(tracking_uri) if tracking_uri and run_id else None
         self.run_id = run_id
         self.pending: list[tuple[str, float, int, int]] = list(pending or [])
@@ -139,6 +150,8 @@ class MetricBuffer:
         if self.client is None or not self.pending:
             self.pending.clear()
             return 0
+        from mlflow.entities import Metric
+
         done = self.logged_up_to()
         # The marker goes last within each step: once it is logged, its step is complete.
         ordered = sorted(self.pending, key=lambda m: (m[3], m[0] == self.marker))
@@ -150,4 +163,6 @@ class MetricBuffer:
 
 
 def log_artifact_file(tracking_uri: str, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+    from mlflow.tracking import MlflowClient
+
     MlflowClient(tracking_uri).log_artifact(run_id, str(path), artifact_path)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from gan.synthetic import synthetic_bedrooms
 from pipelines import storage
-from pipelines.dataset_format import FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, content_hash, pixel_sha256
+from pipelines.dataset.format import FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, content_hash, pixel_sha256
 
 
 def write_dataset(out: Path | str, images: np.ndarray, keys: list[str] | None = None, shards: int = 2,

@@ -5,7 +5,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipelines.dataset_format import content_hash, decode_images, pixel_sha256, rows_per_shard, to_model_input
+from gan.images import to_model_input
+from pipelines.dataset.format import content_hash, decode_images, pixel_sha256, rows_per_shard
 
 
 def test_decode_images_reads_arrow_slices_chunks_and_lists_alike():

@@ -16,9 +16,10 @@ import torch
 
 from gan.synthetic import synthetic_bedrooms
 from pipelines.config import load_config
-from pipelines.data import ShardInMemory, epoch_batches, read_manifest, train_dataset
-from pipelines.dataset_format import IMAGE, KEY, PIXEL_SHA256, content_hash, decode_images, read_columns
-from pipelines.ingest import ensure_dataset
+from pipelines.dataset.feed import ShardInMemory, epoch_batches, train_dataset
+from pipelines.dataset.format import read_manifest
+from pipelines.dataset.format import IMAGE, KEY, PIXEL_SHA256, content_hash, decode_images, read_columns
+from pipelines.dataset.ingestion import ensure_dataset
 
 WORKERS, BATCH, EPOCHS, RES = 2, 8, 2, 32
 

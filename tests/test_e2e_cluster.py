@@ -191,7 +191,7 @@ def cluster(tmp_path_factory):
 @dataclass
 class Job:
     output: str
-    pipeline_argv: list[str]  # python -m pipelines.run --config ... as submitted
+    pipeline_argv: list[str]  # python -m pipelines.steps.run --config ... as submitted
     config: object
     experiment_id: str
     pipeline_run: object
@@ -210,7 +210,7 @@ def job(cluster):
     argv = [re.sub(r"\$(\w+)", lambda m: cluster.env[m.group(1)], a) for a in argv]  # the user's shell
     split = argv.index("--")
     submit_flags, pipeline_argv = argv[3:split], argv[split + 1:]
-    assert pipeline_argv[:5] == ["python", "-m", "pipelines.run", "--config", PRESET], pipeline_argv
+    assert pipeline_argv[:5] == ["python", "-m", "pipelines.steps.run", "--config", PRESET], pipeline_argv
     overrides = pipeline_argv[5:]
     submission_id = f"dcgan-e2e-{int(time.time())}"
     submit = ["ray", "job", "submit", "--submission-id", submission_id, *submit_flags, "--", *pipeline_argv]
@@ -546,13 +546,13 @@ def test_mlflow_ui_shows_the_model_version_and_the_fid(cluster, job, tmp_path):
 
 
 def test_training_alone_is_submitted_and_its_metrics_reach_the_server(cluster, job):
-    """`python -m pipelines.train` through `ray job submit` on the same head: SUCCEEDED, with
+    """`python -m pipelines.steps.train` through `ray job submit` on the same head: SUCCEEDED, with
     every iteration's losses and the config in its own MLflow run."""
     from mlflow.tracking import MlflowClient
 
     storage = f"s3://{cluster.bucket}/train-only"
     submission_id = f"dcgan-e2e-train-{int(time.time())}"
-    argv = ["python", "-m", "pipelines.train", "--config", PRESET, f"storage={storage}", "train.iterations=10",
+    argv = ["python", "-m", "pipelines.steps.train", "--config", PRESET, f"storage={storage}", "train.iterations=10",
             "train.log_every=5", "train.checkpoint_every=5", "name=train-only"]
     done = subprocess.run(["ray", "job", "submit", "--submission-id", submission_id, "--working-dir", ".", "--", *argv],
                           env=cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S, cwd=ROOT)

@@ -1,8 +1,9 @@
 """The evaluation step on a small real dataset (LSUN photos in the canonical Parquet format):
 cached reference statistics, Ray-distributed statistics that merge exactly, the audit
-inside the step, S3, and `python -m pipelines.evaluate` logging into MLflow."""
+inside the step, S3, and `python -m pipelines.steps.evaluate` logging into MLflow."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -16,21 +17,14 @@ from gan.models import Generator
 from pipelines import storage
 from pipelines.checkpoints import save_state
 from pipelines.config import load_config
-from pipelines.evaluate import (
-    CHECKPOINT_TAG,
-    TrainingEvaluator,
-    LATENT_SEED_BLOCK,
-    WorkerPool,
-    dataset_chunks,
-    evaluate_generator,
-    main,
-    metric_key,
-    near_duplicate_keys,
-    read_rows,
-    reference_stats,
-    sample_latents,
-    sample_tag,
-)
+from pipelines.dataset.rows import dataset_chunks, read_rows
+from pipelines.evaluation.cache import near_duplicate_keys, reference_stats
+from pipelines.evaluation.generator_eval import evaluate_generator
+from pipelines.evaluation.in_training import TrainingEvaluator
+from pipelines.evaluation.metrics import metric_key, sample_tag
+from pipelines.evaluation.pool import LATENT_SEED_BLOCK, WorkerPool, sample_latents
+from pipelines.steps.evaluate import main
+from pipelines.tracking import CHECKPOINT_TAG
 from tests.datasets import write_dataset
 from tests.photos import load_squares
 
@@ -250,3 +244,25 @@ def test_training_evaluator_merges_ranks_exactly(dataset, tmp_path):
     assert ranks[0] == ranks[1]  # every rank gets rank 0's metrics
     assert ranks[0]["fid_12"] == pytest.approx(alone["fid_12"], rel=1e-5)
     assert ranks[0]["kid_12"] == pytest.approx(alone["kid_12"], rel=1e-3, abs=1e-6)
+
+
+def test_config_autoencoder_steps_reach_the_audit(dataset, tmp_path, capsys):
+    """`eval.audit_autoencoder_steps` from the config (no --autoencoder-steps) trains the audit's
+    autoencoder for that many steps: the audit cache beside the dataset records the recipe."""
+    steps = 37  # no other test uses this count, so its cache entry is new
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = smoke_config(f"data.dataset={dataset}", f"tracking.uri={tracking}", "eval.fid_samples=8",
+                       "eval.audit_samples=8", "eval.batch_size=8", f"eval.audit_autoencoder_steps={steps}")
+    g = Generator(resolution=RESOLUTION, latent_dim=cfg.model.latent_dim, width=cfg.model.g_width)
+    checkpoint = tmp_path / "checkpoint-000010"
+    save_state(checkpoint, {"generator": g.state_dict(), "config": cfg.model_dump(), "iteration": 10})
+
+    def audit_recipes() -> list[dict]:
+        caches = storage.list_files(storage.join(dataset, "_eval"), ".npz")
+        recipes = [json.loads(str(np.load(c)["recipe"])) for c in caches if Path(c).name.startswith("audit-")]
+        return [r for r in recipes if r["steps"] == steps]
+
+    assert audit_recipes() == []
+    assert main(["--run", str(checkpoint), "--out", str(tmp_path / "grids")]) == 0
+    capsys.readouterr()
+    assert len(audit_recipes()) == 1

@@ -5,7 +5,7 @@ import pytest
 
 from gan import fid
 from pipelines.cli import main as dcgan
-from pipelines.fid_cli import main
+from pipelines.steps.fid import main
 
 N = 6
 

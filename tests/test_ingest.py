@@ -12,12 +12,13 @@ import ray
 from PIL import Image
 
 from pipelines import storage
-from pipelines.dataset_format import IMAGE, KEY, PIXEL_SHA256, content_hash, decode_images, read_columns
-from pipelines.image_decode import UnreadableImage, decode_square
+from pipelines.dataset.format import IMAGE, KEY, PIXEL_SHA256, content_hash, decode_images, read_columns
+from pipelines.dataset.decode import UnreadableImage, decode_square
 from pipelines.config import load_config
-from pipelines.ingest import IngestError, ensure_dataset, ingest, main
-from pipelines.ingest_ledger import IngestLedger
-from pipelines.sources import SourceError, open_source
+from pipelines.dataset.ingestion import IngestError, ensure_dataset, ingest
+from pipelines.steps.ingest import main
+from pipelines.dataset.ledger import IngestLedger
+from pipelines.dataset.sources import SourceError, open_source
 
 RES = 32
 

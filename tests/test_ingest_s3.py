@@ -12,11 +12,12 @@ import pytest
 import ray
 from PIL import Image
 
-from pipelines.data import epoch_batches, read_manifest, train_dataset
-from pipelines.dataset_format import IMAGE, KEY, decode_images, read_columns
-from pipelines.image_decode import decode_square
-from pipelines.ingest import ingest
-from pipelines.sources import SourceError, open_source
+from pipelines.dataset.feed import epoch_batches, train_dataset
+from pipelines.dataset.format import read_manifest
+from pipelines.dataset.format import IMAGE, KEY, decode_images, read_columns
+from pipelines.dataset.decode import decode_square
+from pipelines.dataset.ingestion import ingest
+from pipelines.dataset.sources import SourceError, open_source
 
 RES = 32
 

@@ -1,11 +1,11 @@
-"""gan.latent: walks, vector arithmetic, feature-map selection and dropping."""
+"""gan.latent_space: walks, vector arithmetic, feature-map selection and dropping."""
 
 import math
 
 import pytest
 import torch
 
-from gan import latent
+from gan import latent_space as latent
 from gan.models import Generator
 
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from gan import latent
+from gan import latent_space as latent
 from gan.images import grid
 from gan.models import Discriminator, Generator
 from pipelines import cli
 from pipelines.checkpoints import load_generator, save_state
 from pipelines.checkpoints import as_generator
-from pipelines.latent import parse_expression, parse_ids
+from pipelines.steps.latent import parse_expression, parse_ids
 
 MODEL = {"resolution": 32, "latent_dim": 16, "g_width": 8, "d_width": 8}
 

@@ -1,6 +1,7 @@
 import numpy as np
 
-from gan.synthetic import render_bedroom, synthetic_bedrooms, to_tensor_images
+from gan.images import to_model_input
+from gan.synthetic import render_bedroom, synthetic_bedrooms
 
 
 def test_deterministic_from_seed_and_index():
@@ -23,5 +24,5 @@ def test_images_vary_and_use_the_colour_range():
 def test_any_resolution_and_tensor_range():
     for r in (32, 64, 128):
         assert render_bedroom(0, r).shape == (r, r, 3)
-    x = to_tensor_images(synthetic_bedrooms(4, 32))
+    x = to_model_input(synthetic_bedrooms(4, 32))
     assert x.shape == (4, 3, 32, 32) and x.min() >= -1 and x.max() <= 1

@@ -9,7 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from gan.training import AdversarialStep, unwrap
-from pipelines import tracking, train
+from pipelines import tracking
+from pipelines.training import loop, trainer as train
 from pipelines.checkpoints import build_networks, load_state
 from pipelines.config import load_config
 from tests.datasets import synthetic_dataset
@@ -53,7 +54,7 @@ def _one_d_step(config):
     cfg = PipelineConfig.model_validate(config["pipeline"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    g, d, opt_g, opt_d, opts = train.build_training(cfg, ray.train.torch.get_device(), world)
+    g, d, opt_g, opt_d, opts = loop.build_training(cfg, ray.train.torch.get_device(), world)
     step = AdversarialStep(g, d, opt_g, opt_d, cfg.model.latent_dim)
     b = config["images"].shape[0] // world
     sl = slice(rank * b, (rank + 1) * b)

@@ -4,8 +4,8 @@ Tune pickles the scheduler once, when a sweep starts (``tuner.pkl``), and
 ``Tuner.restore`` hands that fresh copy back: nothing calls the scheduler's
 ``save``/``restore``. A restored sweep's ASHA has therefore forgotten every result
 recorded at its rungs, and the trials that run after the restore are compared only
-with each other. Measured here: a trial whose FID at the first rung (461) was worse
-than both trials that ran before the interruption (415, 452) was not stopped.
+with each other: a trial worse at the first rung than every trial before the
+interruption runs on (tests/test_tune_scheduler.py shows it).
 
 ``ResumableASHA`` writes its rungs beside the sweep (local or S3) whenever a result
 is recorded, and reads them back the first time a restored sweep uses it.

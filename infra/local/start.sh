@@ -326,7 +326,7 @@ trap - ERR
 # --- what a user exports (no secret values: the keys stay in credentials.env)
 ENV_FILE="$STATE_DIR/env.sh"
 # RAY_API_SERVER_ADDRESS is what `ray job ...` uses; RAY_ADDRESS (the GCS address, as a
-# job's driver sees it) lets a local `python -m pipelines.run` use the same cluster, its
+# job's driver sees it) lets a local `python -m pipelines.steps.run` use the same cluster, its
 # driver kept on the loopback like the head.
 cat >"$ENV_FILE" <<EOF
 export RAY_API_SERVER_ADDRESS=$RAY_API_URL

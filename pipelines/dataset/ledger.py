@@ -14,8 +14,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.dataset_format import KEY, PIXEL_SHA256, SCHEMA
-from pipelines.sources import REASON
+from pipelines.dataset.format import KEY, PIXEL_SHA256, SCHEMA
+from pipelines.dataset.reading import REASON
 
 
 class IngestLedger:

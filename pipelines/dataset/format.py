@@ -8,8 +8,8 @@ Columns (one row per image):
 
 Raw pixels rather than PNG: a 64x64 image is 12 KiB either way within a factor of
 two, and raw bytes decode at memory speed, so the feed never waits on a codec.
-Shards are stored uncompressed: on LSUN's 64 px pixels snappy saved 1.3% of the
-bytes and zstd 5% at a third of the read speed, not worth a codec.
+Shards are stored uncompressed: on LSUN's 64 px pixels snappy and zstd save only a
+few percent of the bytes and cost much of the read speed, not worth a codec.
 
 Exact duplicates are images whose stored pixels are equal (same ``pixel_sha256``).
 Ingest keeps the first one it meets and counts the others, so ``pixel_sha256`` is
@@ -28,7 +28,7 @@ manifest.json (written LAST: a folder without one is an unfinished ingest):
   duplicates    how many exact duplicates were dropped
   shards        [{"file", "rows", "bytes"}], file names relative to the dataset folder
 
-Training splits (see pipelines/data.py): Ray Train gives each worker an equal share
+Training splits (see pipelines/dataset/feed.py): Ray Train gives each worker an equal share
 of the rows per epoch (``streaming_split(equal=True)`` drops the at most
 num_workers - 1 rows that do not divide) and batches are ``drop_last``, so every DDP
 rank runs the same number of steps. With shuffling on, which rows fall into those
@@ -40,8 +40,12 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable
 
+import json
+
 import numpy as np
 import pyarrow as pa
+
+from pipelines import storage
 
 FORMAT = "dcgan-parquet-v1"
 MANIFEST = "manifest.json"
@@ -71,14 +75,21 @@ def content_hash(pixel_hashes: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def read_manifest(uri: str) -> dict:
+    try:
+        return json.loads(storage.read_bytes(storage.join(uri, MANIFEST)))
+    except storage.StorageError:
+        raise storage.StorageError(
+            f"no dataset at {uri}: {MANIFEST} is missing. Ingest one first: dcgan ingest --source ... --out {uri}"
+        ) from None
+
+
 def read_columns(uri: str, columns: list[str]) -> pa.Table:
     """Columns of a whole dataset into memory (e.g. the hashes; not for the pixels of a big one)."""
     import pyarrow.parquet as pq
 
-    from pipelines import storage
-
     fs, _ = storage.filesystem(uri)
-    paths = [u[len("s3://") :] if storage.is_s3(u) else u for u in storage.list_files(uri, SHARD_SUFFIX)]
+    paths = [storage.filesystem_path(u) for u in storage.list_files(uri, SHARD_SUFFIX)]
     if not paths:
         return SCHEMA.empty_table().select(columns)
     return pq.ParquetDataset(paths, filesystem=fs).read(columns=columns)
@@ -104,11 +115,3 @@ def decode_images(column, resolution: int) -> np.ndarray:
         raise ValueError(f"image {wrong[0]} of the batch is not {resolution}x{resolution}x3 bytes: "
                          f"is the dataset's resolution {resolution}? (see its manifest.json)")
     return np.frombuffer(b"".join(bytes(x) for x in values), dtype=np.uint8).reshape(n, resolution, resolution, 3)
-
-
-def to_model_input(images_uint8_nhwc):
-    """uint8 NHWC (array or tensor) -> float32 NCHW tensor in [-1, 1] (the generator's tanh range)."""
-    import torch  # here, not at the top: ingest's Ray workers never need it
-
-    x = torch.as_tensor(images_uint8_nhwc)
-    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)

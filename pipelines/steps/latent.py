@@ -8,7 +8,7 @@
 A *sample id* is a seed (sample id 12 is always the image of z = randn(seed=12)), or,
 with ``--z FILE`` (.npy or .pt, shape (N, latent_dim)), a row of that file. The model is
 a checkpoint (folder or .pt, local or s3://) or an MLflow URI such as
-``models:/dcgan-bedroom-generator@champion``. The maths lives in :mod:`gan.latent`.
+``models:/dcgan-bedroom-generator@champion``. The maths lives in :mod:`gan.latent_space`.
 """
 
 from __future__ import annotations
@@ -16,25 +16,26 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from gan import latent
+from gan import latent_space
 from gan.images import grid
 from gan.models import Generator
+from pipelines.errors import PipelineError
 from pipelines import tracking
-from pipelines.checkpoints import MLFLOW_SCHEMES, load_generator
+from pipelines.checkpoints import load_generator
+from pipelines.figures import grid_cells, hstack, label, marked_overlay, tile, upscaled, vstack
 from pipelines.config import PipelineConfig
+from pipelines.entrypoint import run_command
 from pipelines.storage import StorageError
 
 
-
-class LatentError(ValueError):
+class LatentError(PipelineError, ValueError):
     """Bad input to a latent command; the message says what to do."""
 
 
@@ -95,7 +96,7 @@ class SampleZ:
 
     def __call__(self, ids: Sequence[int]) -> torch.Tensor:
         if self.table is None:
-            return latent.seeded_z(ids, self.latent_dim)
+            return latent_space.seeded_z(ids, self.latent_dim)
         bad = [i for i in ids if i >= len(self.table)]
         if bad:
             raise LatentError(f"sample ids {bad} are past the end of --z (it has {len(self.table)} rows)")
@@ -104,9 +105,9 @@ class SampleZ:
 
 def load_model(uri: str, tracking_uri: str, device: str) -> Generator:
     try:
-        if uri.startswith(MLFLOW_SCHEMES):
-            use_tracking(tracking_uri)
-        return load_generator(uri, device)
+        return load_generator(uri, device, tracking_uri)
+    except tracking.TrackingUnavailable as e:
+        raise LatentError(str(e)) from None
     except (FileNotFoundError, StorageError) as e:
         raise LatentError(f"no checkpoint at {uri} ({e}): give a checkpoint folder or .pt file, "
                           "or a registered model such as models:/dcgan-synthetic-32px@champion") from None
@@ -152,60 +153,6 @@ def render(generator: torch.nn.Module, z: torch.Tensor, batch: int = 64) -> torc
     return torch.cat([generator(z[i:i + batch].to(device)).float().cpu() for i in range(0, len(z), batch)])
 
 
-def upscaled(array: np.ndarray, factor: int) -> Image.Image:
-    img = Image.fromarray(array)
-    return img if factor == 1 else img.resize((img.width * factor, img.height * factor), Image.NEAREST)
-
-
-def _font(size: int):
-    return ImageFont.load_default(size=size)
-
-
-def label(img: Image.Image, text: str, xy=(2, 1), size: int = 12) -> Image.Image:
-    draw = ImageDraw.Draw(img)
-    box = draw.textbbox(xy, text, font=_font(size))
-    draw.rectangle(box, fill=(0, 0, 0))
-    draw.text(xy, text, fill=(255, 255, 255), font=_font(size))
-    return img
-
-
-def hstack(panels: Sequence[Image.Image], separators: Sequence[str], gap: int = 28) -> Image.Image:
-    """Panels side by side, vertically centred, with a symbol in each gap."""
-    height = max(p.height for p in panels)
-    width = sum(p.width for p in panels) + gap * (len(panels) - 1)
-    canvas = Image.new("RGB", (width, height), (0, 0, 0))
-    draw = ImageDraw.Draw(canvas)
-    x = 0
-    for i, p in enumerate(panels):
-        canvas.paste(p, (x, (height - p.height) // 2))
-        x += p.width
-        if i < len(separators):
-            draw_operator(draw, separators[i], (x + gap // 2, height // 2), gap)
-            x += gap
-    return canvas
-
-
-def draw_operator(draw: ImageDraw.ImageDraw, op: str, centre: tuple[int, int], gap: int) -> None:
-    """+, - or = as bars (fonts' glyphs are too thin at these sizes)."""
-    cx, cy = centre
-    half, t = max(3, gap // 4), max(1, gap // 14)
-    bars = {"-": [(0, 0)], "+": [(0, 0)], "=": [(0, -2 * t), (0, 2 * t)]}[op]
-    for dx, dy in bars:
-        draw.rectangle([cx - half + dx, cy + dy - t, cx + half + dx, cy + dy + t], fill=(255, 255, 255))
-    if op == "+":
-        draw.rectangle([cx - t, cy - half, cx + t, cy + half], fill=(255, 255, 255))
-
-
-def vstack(panels: Sequence[Image.Image], gap: int = 6) -> Image.Image:
-    width = max(p.width for p in panels)
-    canvas = Image.new("RGB", (width, sum(p.height for p in panels) + gap * (len(panels) - 1)), (0, 0, 0))
-    y = 0
-    for p in panels:
-        canvas.paste(p, ((width - p.width) // 2, y))
-        y += p.height + gap
-    return canvas
-
-
 # ---------------------------------------------------------------- commands
 def cmd_sheet(args, g, sample_z: SampleZ) -> list[Path]:
     ids = parse_ids(args.ids)
@@ -226,17 +173,13 @@ def cmd_sheet(args, g, sample_z: SampleZ) -> list[Path]:
     return files
 
 
-def grid_cells(images: torch.Tensor) -> list[np.ndarray]:
-    return [grid(images[i:i + 1], 1, padding=0) for i in range(len(images))]
-
-
 def cmd_walk(args, g, sample_z: SampleZ) -> list[Path]:
     ids = parse_ids(args.ids) if args.ids else list(range(len(sample_z.table) if sample_z.table is not None else 0))
     if len(ids) < 2:
         raise LatentError("a walk needs at least 2 keypoints: --ids 3,17,42 (seeds), or --z FILE with 2+ rows")
     if args.loop:
         ids = ids + ids[:1]
-    path = latent.walk(sample_z(ids), args.steps, args.method)  # (segments, steps, D)
+    path = latent_space.walk(sample_z(ids), args.steps, args.method)  # (segments, steps, D)
     flat = render(g, path.reshape(-1, path.shape[-1]))
     images = flat.reshape(*path.shape[:2], *flat.shape[1:])
     png, gif, znpy = args.out / "walk.png", args.out / "walk.gif", args.out / "walk-z.npy"
@@ -253,12 +196,12 @@ def cmd_walk(args, g, sample_z: SampleZ) -> list[Path]:
 def cmd_arithmetic(args, g, sample_z: SampleZ) -> list[Path]:
     terms = parse_expression(args.expression)
     groups = [(sign, sample_z(ids)) for sign, ids in terms]
-    result = latent.arithmetic(groups)
-    query = latent.neighbourhood(result, args.neighbours, args.noise, torch.Generator().manual_seed(args.noise_seed))
+    result = latent_space.arithmetic(groups)
+    query = latent_space.neighbourhood(result, args.neighbours, args.noise, torch.Generator().manual_seed(args.noise_seed))
     panels = []
     for sign, z in groups:
         # a concept: its exemplars in a column, their average z below
-        imgs = render(g, torch.cat([z, latent.concept_vector(z)[None]]))
+        imgs = render(g, torch.cat([z, latent_space.concept_vector(z)[None]]))
         panels.append(upscaled(np.asarray(vstack([Image.fromarray(grid(imgs[:-1], 1)), Image.fromarray(grid(imgs[-1:], 1))])), args.upscale))
     out_imgs = render(g, query)
     # The exact result sits in the middle of its noisy neighbours (the paper's Fig. 7).
@@ -300,7 +243,7 @@ def read_marks(args, resolution: int, feature_size: int) -> tuple[list[int], tor
             raise LatentError(f"--boxes {args.boxes}: keys must be sample ids and values lists of [x0, y0, x1, y1] ({e})") from None
         ids = sorted(boxes)
         try:
-            masks = torch.stack([latent.boxes_to_mask(boxes[i], resolution, feature_size) for i in ids])
+            masks = torch.stack([latent_space.boxes_to_mask(boxes[i], resolution, feature_size) for i in ids])
         except ValueError as e:
             raise LatentError(f"--boxes {args.boxes}: {e}") from None
     else:
@@ -311,42 +254,18 @@ def read_marks(args, resolution: int, feature_size: int) -> tuple[list[int], tor
             raise LatentError(f"--masks {folder}: no <sample id>.png files (white = object) found")
         ids = [int(f.stem) for f in files]
         masks = torch.stack([
-            latent.pixel_mask_to_features(torch.from_numpy(np.asarray(Image.open(f).convert("L")) > 127), feature_size)
+            latent_space.pixel_mask_to_features(torch.from_numpy(np.asarray(Image.open(f).convert("L")) > 127), feature_size)
             for f in files])
     return ids, masks, boxes
 
 
-def marked_overlay(images: torch.Tensor, boxes_of, masks: torch.Tensor, ids: Sequence[int], factor: int) -> list[Image.Image]:
-    """The marked images with their boxes drawn in red (or, for masks, tinted red)."""
-    out = []
-    for k, (i, cell) in enumerate(zip(ids, grid_cells(images))):
-        img = upscaled(cell, factor)
-        if boxes_of is not None:
-            for b in boxes_of(i):
-                ImageDraw.Draw(img).rectangle([b[0] * factor, b[1] * factor, b[2] * factor - 1, b[3] * factor - 1], outline=(255, 0, 0), width=max(1, factor // 2))
-        else:
-            alpha = Image.fromarray(masks[k].numpy().astype(np.uint8) * 90).resize(img.size, Image.NEAREST)
-            img = Image.composite(Image.new("RGB", img.size, (255, 0, 0)), img, alpha)
-        out.append(img)
-    return out
-
-
-def tile(cells: Sequence[Image.Image], nrow: int, padding: int = 2) -> Image.Image:
-    w, h = cells[0].size
-    rows = (len(cells) + nrow - 1) // nrow
-    canvas = Image.new("RGB", (nrow * (w + padding) + padding, rows * (h + padding) + padding), (0, 0, 0))
-    for k, c in enumerate(cells):
-        canvas.paste(c, (padding + (k % nrow) * (w + padding), padding + (k // nrow) * (h + padding)))
-    return canvas
-
-
 def cmd_forget(args, g, sample_z: SampleZ) -> list[Path]:
     layer = args.layer or g.feature_layers[-1]
-    probe, _ = latent.feature_activations(g, sample_z([0]), layer)
+    probe, _ = latent_space.feature_activations(g, sample_z([0]), layer)
     ids, masks, boxes = read_marks(args, g.resolution, probe.shape[-1])
     z = sample_z(ids)
     try:
-        selection = latent.select_feature_maps(g, z, masks, args.threshold, args.l2, layer)
+        selection = latent_space.select_feature_maps(g, z, masks, args.threshold, args.l2, layer)
     except ValueError as e:
         raise LatentError(str(e)) from None
     print(f"logistic regression on {layer} ({probe.shape[1]} maps, {selection.positives} positions inside the object, "
@@ -355,7 +274,7 @@ def cmd_forget(args, g, sample_z: SampleZ) -> list[Path]:
     render_ids = parse_ids(args.render) if args.render else [i for i in ids if boxes.get(i, True)][:16]
     render_z = sample_z(render_ids)
     before = render(g, render_z)
-    with latent.feature_maps_dropped(g, selection.maps, layer):
+    with latent_space.feature_maps_dropped(g, selection.maps, layer):
         after = render(g, render_z)
     per_row = args.nrow or min(8, len(render_ids))
     # |after - before| as grey (white = a change of half the range) shows where the maps drew.
@@ -365,7 +284,7 @@ def cmd_forget(args, g, sample_z: SampleZ) -> list[Path]:
         rows += [before[i:i + per_row], after[i:i + per_row]] + ([change[i:i + per_row]] if args.difference else [])
     png = args.out / "forget.png"
     upscaled(grid(torch.cat(rows), per_row), args.upscale).save(png)
-    inside, outside = latent.change_inside_marks(g, z, masks, selection.maps, layer)
+    inside, outside = latent_space.change_inside_marks(g, z, masks, selection.maps, layer)
     marked_png = args.out / "forget-marked.png"
     tile(marked_overlay(render(g, z), boxes.get if boxes else None, masks, ids, args.upscale), per_row).save(marked_png)
     report = {**selection.as_dict(), "marked_ids": ids, "render_ids": render_ids, "mean_abs_change_inside_marks": inside,
@@ -406,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("arithmetic", parents=[common], help="concept averages added and subtracted")
     p.add_argument("expression", help="operands are sample-id groups (three per concept in the paper): '2,7,11 - 4,9,13 + 5,6,8'")
     p.add_argument("--neighbours", type=int, default=8, help="noisy samples around the result")
-    p.add_argument("--noise", type=float, default=round(latent.PAPER_NOISE_SCALE, 3),
+    p.add_argument("--noise", type=float, default=round(latent_space.PAPER_NOISE_SCALE, 3),
                    help="U(-noise, noise) added to the result for its neighbours (default: the paper's +-0.25 on "
                         "U(-1, 1) z, rescaled to N(0, 1) z)")
     p.add_argument("--noise-seed", type=int, default=0)
@@ -424,25 +343,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def latent_command(args) -> int:
+    tracking_uri = args.tracking_uri or PipelineConfig().tracking_uri()
+    if args.upscale < 1:
+        raise LatentError(f"--upscale must be >= 1, got {args.upscale}")
+    if args.mlflow_run:
+        use_tracking(tracking_uri)  # a server that is down fails here, before any work
+    g = load_model(args.model, tracking_uri, args.device)
+    args.out = args.out or Path("runs", "latent", args.command)
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = COMMANDS[args.command](args, g, SampleZ(g.latent_dim, args.z))
+    if args.mlflow_run:
+        run_id = log_to_mlflow(files, tracking_uri, args.mlflow_run, args.experiment, f"latent/{args.command}")
+        print(f"logged {len(files)} images to MLflow run {run_id} ({tracking_uri}) under latent/{args.command}/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    tracking_uri = args.tracking_uri or PipelineConfig().tracking_uri()
-    try:
-        if args.upscale < 1:
-            raise LatentError(f"--upscale must be >= 1, got {args.upscale}")
-        if args.mlflow_run:
-            use_tracking(tracking_uri)  # a server that is down fails here, before any work
-        args.out = args.out or Path("runs", "latent", args.command)
-        args.out.mkdir(parents=True, exist_ok=True)
-        g = load_model(args.model, tracking_uri, args.device)
-        files = COMMANDS[args.command](args, g, SampleZ(g.latent_dim, args.z))
-        if args.mlflow_run:
-            run_id = log_to_mlflow(files, tracking_uri, args.mlflow_run, args.experiment, f"latent/{args.command}")
-            print(f"logged {len(files)} images to MLflow run {run_id} ({tracking_uri}) under latent/{args.command}/")
-    except LatentError as e:
-        print(f"dcgan latent {args.command}: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(f"dcgan latent {args.command}", lambda: latent_command(args))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The whole pipeline as one job: ingest -> train -> evaluate + audit -> register.
 
-    python -m pipelines.run --config configs/demo.yaml [key=value ...]
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m pipelines.run --config configs/smoke.yaml
+    python -m pipelines.steps.run --config configs/demo.yaml [key=value ...]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m pipelines.steps.run --config configs/smoke.yaml
 
 One MLflow run per pipeline run, with a nested run per step (ingest, train, evaluate).
 Tracking and storage are checked before any expensive work; a missing service stops
@@ -10,28 +10,20 @@ the job in seconds with a message saying how to start it, and leaves nothing beh
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
-from pipelines import storage, tracking
-from pipelines.config import ConfigError, PipelineConfig, load_config
+from pipelines import tracking
+from pipelines.config import PipelineConfig, load_config
+from pipelines.entrypoint import config_parser, run_command
+from pipelines.preflight import preflight
 
-
-def preflight(cfg: PipelineConfig) -> str:
-    """Everything that can fail in seconds, before anything is written."""
-    uri = cfg.tracking_uri()
-    tracking.check_tracking(uri)
-    storage.check_writable(cfg.checkpoints_uri)
-    if not storage.exists(storage.join(cfg.dataset_uri, "manifest.json")):
-        storage.check_writable(cfg.dataset_uri.rstrip("/").rsplit("/", 1)[0])
-    return uri
+PROG = "dcgan run"
 
 
 def ingest_step(cfg: PipelineConfig, uri: str, parent_id: str) -> dict:
     import mlflow
 
-    from pipelines.ingest import ensure_dataset
+    from pipelines.dataset.ingestion import ensure_dataset
 
     with tracking.run(uri, cfg.tracking.experiment, run_name="ingest", parent_run_id=parent_id,
                       tags={"pipeline_step": "ingest"}):
@@ -44,12 +36,13 @@ def ingest_step(cfg: PipelineConfig, uri: str, parent_id: str) -> dict:
 
 
 def evaluate_step(cfg: PipelineConfig, uri: str, parent_id: str, generator, manifest: dict) -> dict:
-    from pipelines.evaluate import evaluate_generator, log_to_mlflow, workers_for
+    from pipelines.evaluation.generator_eval import evaluate_generator, log_to_mlflow
+    from pipelines.evaluation.pool import WorkerPool, workers_for
 
     with tracking.run(uri, cfg.tracking.experiment, run_name="evaluate", parent_run_id=parent_id,
-                      tags={"pipeline_step": "evaluate"}) as active:
-        result = evaluate_generator(generator, cfg.dataset_uri, cfg, manifest=manifest,
-                                    workers=workers_for(cfg), use_gpu=cfg.scaling.use_gpu)
+                      tags={"pipeline_step": "evaluate"}) as active, \
+            WorkerPool(workers_for(cfg), cfg.scaling.use_gpu) as pool:
+        result = evaluate_generator(generator, cfg.dataset_uri, cfg, manifest=manifest, pool=pool)
         log_to_mlflow(result, uri, run_id=active.info.run_id, step=cfg.train.iterations)
     return result.metrics | ({"audit": result.audit} if result.audit is not None else {})
 
@@ -57,33 +50,29 @@ def evaluate_step(cfg: PipelineConfig, uri: str, parent_id: str, generator, mani
 def register_step(cfg: PipelineConfig, generator, manifest: dict, evaluation: dict) -> dict:
     """Log G to the pipeline run, register a version, and promote it if it is the best."""
     from pipelines import registry
-    from pipelines.train import git_commit
 
-    info = registry.log_generator(generator)
     fid_key = next((k for k in evaluation if k.startswith("fid")), None)
     kid_key = next((k for k in evaluation if k.startswith("kid") and not k.endswith("std")), None)
-    fid = float(evaluation[fid_key]) if fid_key else float("inf")
     audit = evaluation.get("audit") or {}
-    tags = {registry.FID_TAG: fid, "fid_metric": fid_key or "none", registry.DATASET_TAG: manifest["content_hash"],
-            "kid": evaluation.get(kid_key, "none"), "git_commit": git_commit(),
-            "audit_exact_collision_fraction": audit.get("exact_collision_fraction", "none"),
-            "resolution": cfg.model.resolution}
     name = cfg.registered_model_name
-    version = registry.register(info.model_uri, name, tags)
-    promoted, reason = registry.promote_if_better(name, version.version, fid, manifest["content_hash"])
+    version, promoted, reason = registry.register_and_promote(
+        generator, name, float(evaluation[fid_key]) if fid_key else float("inf"), fid_key or "none",
+        manifest["content_hash"], {"kid": evaluation.get(kid_key, "none"), "resolution": cfg.model.resolution,
+                                   "audit_exact_collision_fraction": audit.get("exact_collision_fraction", "none")})
     print(f"[run] registered {name} version {version.version} (challenger); "
           f"{'champion: ' if promoted else 'not champion: '}{reason}", flush=True)
     return {"name": name, "version": version.version, "champion": promoted}
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
+    uri = preflight(cfg)
+    # MLflow, torch and Ray load only now: a wrong input is reported before they take seconds to import.
     import mlflow
 
-    uri = preflight(cfg)
-    # Torch and Ray load only now: a missing service is reported before they take seconds to import.
-    from pipelines.checkpoints import generator_from_state, load_state
+    from pipelines.checkpoints import checkpoint_uri, generator_from_state, load_state
     from pipelines.cluster import init_ray
-    from pipelines.train import checkpoint_uri, git_commit, run_training, unique_run_name
+    from pipelines.provenance import git_commit, unique_run_name
+    from pipelines.training.trainer import run_training
 
     init_ray(cfg)
     tags = {"pipeline_step": "pipeline", "git_commit": git_commit(), "config_name": cfg.name}
@@ -126,19 +115,9 @@ def where_to_look(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="dcgan run", description="The whole pipeline: ingest, train, evaluate, register.")
-    ap.add_argument("--config", default="demo", help="a preset name (configs/*.yaml) or a YAML path")
-    ap.add_argument("overrides", nargs="*", help="key=value with dotted keys, e.g. train.iterations=200")
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        summary = run_pipeline(cfg)
-    except (ConfigError, tracking.TrackingUnavailable, storage.StorageError) as e:
-        print(f"dcgan run: {e}", file=sys.stderr)
-        return 2
-    print(where_to_look(summary))
-    return 0
+    args = config_parser(PROG, "The whole pipeline: ingest, train, evaluate, register.").parse_args(argv)
+    return run_command(PROG, lambda: print(where_to_look(run_pipeline(load_config(args.config, args.overrides)))))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

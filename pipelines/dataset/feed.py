@@ -26,7 +26,6 @@ workers, so ``cpus_per_worker * num_workers`` must stay below the cluster's CPUs
 
 from __future__ import annotations
 
-import json
 from typing import Iterator
 
 import numpy as np
@@ -34,16 +33,8 @@ import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
 from pipelines import storage
-from pipelines.dataset_format import IMAGE, MANIFEST, SHARD_SUFFIX, decode_images, to_model_input
-
-
-def read_manifest(uri: str) -> dict:
-    try:
-        return json.loads(storage.read_bytes(storage.join(uri, MANIFEST)))
-    except storage.StorageError:
-        raise storage.StorageError(
-            f"no dataset at {uri}: {MANIFEST} is missing. Ingest one first: dcgan ingest --source ... --out {uri}"
-        ) from None
+from gan.images import to_model_input
+from pipelines.dataset.format import IMAGE, SHARD_SUFFIX, decode_images, read_manifest
 
 
 def train_dataset(uri: str, shuffle_files: bool = True, seed: int = 0):
@@ -75,8 +66,8 @@ def epoch_batches(shard, batch_size: int, resolution: int, epoch: int, seed: int
     """One epoch of this worker's shard as float NCHW batches in [-1, 1] (drop_last).
 
     ``shuffle_buffer``: rows held for the local shuffle (None or 0: keep the read order).
-    1024 rows (12 MiB at 64 px) still fed ~2,000-6,000 img/s on a loaded 2-core CPU
-    (benchmarks/ingest.py), far above what a training step consumes there.
+    A buffer of 1024 rows (12 MiB at 64 px) feeds far more than a CPU training step
+    consumes (benchmarks/ingest.py prints the feed's rate against the step's).
     """
     kwargs = {}
     if shuffle_buffer:
@@ -90,9 +81,8 @@ class ShardInMemory:
     """This worker's shard read once and held as uint8 pixels, for a dataset that fits.
 
     Each pass of the streaming feed restarts Ray Data's pipeline for the new epoch, a
-    pause every DDP rank waits through: ~4 s per epoch on the 2-core CI machine, 44% of
-    the demo's training time (2,048 images at 64 px: 2 workers reached 1.41x one worker,
-    1.66x within an epoch). Held in memory, the next epoch starts at once, as a fresh
+    pause every DDP rank waits through (seconds per epoch on small CPUs; see
+    benchmarks/scaling.py). Held in memory, the next epoch starts at once, as a fresh
     permutation seeded by (seed, epoch), so a resumed run sees the same order. Ray
     Train's equal split gives every rank the same number of rows, hence of batches.
     """

