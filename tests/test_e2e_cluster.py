@@ -1,12 +1,15 @@
 """End to end on the local mini cluster: the path a user takes on a real cluster.
 
-infra/local/start.sh starts SeaweedFS S3, an MLflow server (SQLite, artifacts in S3) and a
-Ray head on 127.0.0.1, on free ports, into a temporary state folder. The smoke pipeline is
-`ray job submit`ted with its storage in S3; then everything is read back the way a user
-would: from the MLflow server (params, loss series, FID, audit report, sample grids, the
-registered model whose files sit in S3), with `dcgan generate`, and in the MLflow UI in
-headless Chromium. Last, with the tracking server stopped, the pipeline fails at once with
-a message saying how to start it and writes nothing. The cluster is always stopped.
+infra/local/start.sh starts SeaweedFS S3, PostgreSQL, an MLflow server with basic auth on
+it (artifacts in S3) and a Ray head with token auth on 127.0.0.1, on free ports, into a
+temporary state folder. Without the Ray token the job API refuses requests, without
+credentials MLflow does. The smoke pipeline is `ray job submit`ted with both, its storage in
+S3; then everything is read back the way a user would: from the MLflow server (params, loss
+series, FID, audit report, sample grids, the registered model whose files sit in S3), with
+`dcgan generate`, and in the MLflow UI in headless Chromium; and no secret is found in any
+log, parameter, tag or stored object. Last, with the tracking server stopped, the pipeline
+fails at once with a message saying how to start it and writes nothing. The cluster is
+always stopped.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import pytest
 import yaml
 
 from pipelines.config import load_config
+from tests.pgserver import require_postgres
 from tests.s3server import free_port_pair
 
 pytestmark = pytest.mark.slow
@@ -65,6 +69,19 @@ class MiniCluster:
     @property
     def secret_key(self) -> str:
         return self.env["AWS_SECRET_ACCESS_KEY"]
+
+    @property
+    def ray_token(self) -> str:
+        return Path(self.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+
+    def secrets(self) -> dict[str, str]:
+        """Every secret the cluster holds, by name."""
+        found = {"AWS_SECRET_ACCESS_KEY": self.secret_key, "MLFLOW_TRACKING_PASSWORD": self.env["MLFLOW_TRACKING_PASSWORD"],
+                 "Ray token": self.ray_token,
+                 "PostgreSQL password": (self.state / "server" / "pgpass").read_text().strip().rsplit(":", 1)[1],
+                 "MLflow session key": (self.state / "server" / "flask_secret_key").read_text().strip()}
+        assert all(len(v) >= 16 for v in found.values()), "a secret is too short to search for"
+        return found
 
     def s3(self):
         import boto3
@@ -118,7 +135,7 @@ def _free_ports() -> dict[str, int]:
             pass
         ports[f"MINI_{name}_PORT"] = port
         taken |= {port, port + 10000}
-    for name in ("MLFLOW", "RAY", "RAY_DASHBOARD", "RAY_CLIENT", "RAY_AGENT"):
+    for name in ("MLFLOW", "PG", "RAY", "RAY_DASHBOARD", "RAY_CLIENT", "RAY_AGENT"):
         while (port := _free_port()) in taken:
             pass
         ports[f"MINI_{name}_PORT"] = port
@@ -127,6 +144,7 @@ def _free_ports() -> dict[str, int]:
 
 
 def test_start_refuses_a_taken_port_before_starting_anything(tmp_path):
+    require_postgres()  # start.sh checks for it first
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -142,6 +160,7 @@ def test_start_refuses_a_taken_port_before_starting_anything(tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    require_postgres()
     state = tmp_path_factory.mktemp("mini-cluster")
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-e2e-", dir="/tmp"))  # Ray's socket paths must stay short
     settings = _free_ports() | {
@@ -156,10 +175,17 @@ def cluster(tmp_path_factory):
         started = subprocess.run([str(START)], env=env, capture_output=True, text=True, timeout=300)
         assert started.returncode == 0, f"start.sh failed:\n{started.stderr[-4000:]}"
         user_env = _user_env(started.stdout, env)
+        # This process reads the server back as the user does: with the MLflow credentials.
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ[key] = user_env[key]
         yield MiniCluster(state, user_env, started.stdout + started.stderr)
     finally:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(key, None)
         subprocess.run([str(STOP)], env=env, capture_output=True, text=True, timeout=180)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+        if (state / "postgres.path").is_file():  # the database folder start.sh made outside the state dir
+            shutil.rmtree((state / "postgres.path").read_text().strip(), ignore_errors=True)
 
 
 @dataclass
@@ -217,13 +243,16 @@ def _download(cluster, run_id: str, path: str, dst: Path) -> Path:
 
 
 def test_start_prints_what_to_export_and_no_secret(cluster):
-    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "DCGAN_BUCKET"):
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "DCGAN_BUCKET",
+                "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         assert cluster.env.get(key), f"start.sh did not print {key}"
     for url in (cluster.env["RAY_API_SERVER_ADDRESS"], cluster.tracking_uri, cluster.env["AWS_ENDPOINT_URL"]):
         assert url.startswith("http://127.0.0.1:"), url
-    assert cluster.secret_key not in cluster.start_output
-    credentials = cluster.state / "credentials.env"
-    assert credentials.stat().st_mode & 0o777 == 0o600
+    for name, secret in cluster.secrets().items():
+        assert secret not in cluster.start_output, f"start.sh printed the {name}"
+    for path in [cluster.state / "credentials.env", Path(cluster.env["RAY_AUTH_TOKEN_PATH"])] + \
+            list((cluster.state / "server").iterdir()):
+        assert path.stat().st_mode & 0o777 == 0o600, path
     # The exported RAY_ADDRESS takes a driver of this shell to the mini cluster, token and all.
     probe = subprocess.run([sys.executable, "-c", "import ray; ray.init(); print(ray.cluster_resources()['CPU'])"],
                            env=cluster.env, capture_output=True, text=True, timeout=120)
@@ -271,6 +300,58 @@ def test_services_listen_on_loopback_only(cluster):
         assert sockets, f"process group {pgid} listens nowhere"
         for pid, ip, port in sockets:
             assert ip in ("127.0.0.1", "::1"), f"pid {pid} of group {pgid} listens on {ip}:{port}"
+
+
+def _http_status(url: str, headers: dict[str, str] | None = None) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_job_api_refuses_requests_without_the_token(cluster, tmp_path):
+    api = cluster.env["RAY_API_SERVER_ADDRESS"] + "/api/jobs/"
+    assert _http_status(api) == 401
+    assert _http_status(api, {"Authorization": "Bearer " + "0" * 64}) in (401, 403)
+    assert _http_status(api, {"Authorization": f"Bearer {cluster.ray_token}"}) == 200
+    # `ray job submit` from a shell without the token (and no ~/.ray/auth_token) is turned away.
+    env = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
+    env["HOME"] = str(tmp_path)
+    marker = "job-ran-without-token"
+    done = subprocess.run(["ray", "job", "submit", "--", "python", "-c", f"print('{marker}')"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "Authentication" in output, output[-2000:]
+    assert marker not in output.replace(f"print('{marker}')", "")
+
+
+def test_mlflow_refuses_requests_without_credentials(cluster):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    api = f"{cluster.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    user, password = cluster.env["MLFLOW_TRACKING_USERNAME"], cluster.env["MLFLOW_TRACKING_PASSWORD"]
+    assert _http_status(api) == 401
+    assert _http_status(f"{cluster.tracking_uri}/") == 401, "the UI too"
+    assert _http_status(api, _basic(user, "not-" + password)) == 401
+    assert _http_status(api, _basic(user, password)) == 200
+    assert _http_status(f"{cluster.tracking_uri}/health") == 200, "the health probe stays open"
+    saved = {k: os.environ.pop(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    try:
+        with pytest.raises(MlflowException, match="401|nauthorized|credentials"):
+            MlflowClient(cluster.tracking_uri).search_experiments()
+    finally:
+        os.environ.update(saved)
 
 
 def test_pipeline_job_is_tracked_on_the_server(cluster, job):
@@ -436,27 +517,32 @@ def _rendered_text(browser: str, url: str, profile: Path, expected: list[str]) -
 def test_mlflow_ui_shows_the_model_version_and_the_fid(cluster, job, tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from tests.authproxy import basic_auth_proxy
+
     browser = _chromium()
     client = MlflowClient(cluster.tracking_uri)
     name = job.config.registered_model_name
     version = client.get_model_version_by_alias(name, "champion").version
     profile = tmp_path / "chromium-profile"
+    # A logged-in browser: every request reaches the server with the MLflow credentials
+    # (headless Chromium cannot answer the basic-auth dialog; tests/authproxy.py).
+    with basic_auth_proxy(cluster.tracking_uri, cluster.env["MLFLOW_TRACKING_USERNAME"],
+                          cluster.env["MLFLOW_TRACKING_PASSWORD"]) as ui:
+        model_url = f"{ui}/#/models/{name}"
+        text = _rendered_text(browser, model_url, profile, [name, f"Version {version}"])
+        assert name in text and f"Version {version}" in text, f"model page without version {version}:\n{text[:2000]}"
 
-    model_url = f"{cluster.tracking_uri}/#/models/{name}"
-    text = _rendered_text(browser, model_url, profile, [name, f"Version {version}"])
-    assert name in text and f"Version {version}" in text, f"model page without version {version}:\n{text[:2000]}"
+        run = job.pipeline_run
+        fid_key = next(k for k in run.data.metrics if k.startswith("fid"))
+        run_url = f"{ui}/#/experiments/{job.experiment_id}/runs/{run.info.run_id}"
+        text = _rendered_text(browser, run_url, profile, ["Metrics", fid_key])
+        assert re.search(rf"Metrics \(\d+\).*\b{re.escape(fid_key)}\b", text), f"run page without {fid_key}:\n{text[:2000]}"
 
-    run = job.pipeline_run
-    fid_key = next(k for k in run.data.metrics if k.startswith("fid"))
-    run_url = f"{cluster.tracking_uri}/#/experiments/{job.experiment_id}/runs/{run.info.run_id}"
-    text = _rendered_text(browser, run_url, profile, ["Metrics", fid_key])
-    assert re.search(rf"Metrics \(\d+\).*\b{re.escape(fid_key)}\b", text), f"run page without {fid_key}:\n{text[:2000]}"
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    for url, png in ((run_url, ARTIFACTS / "mlflow-run-page.png"), (model_url, ARTIFACTS / "mlflow-model-page.png")):
-        png.unlink(missing_ok=True)
-        _render(browser, url, profile, screenshot=png)
-        assert png.is_file() and png.stat().st_size > 10_000, f"no screenshot at {png}"
+        ARTIFACTS.mkdir(exist_ok=True)
+        for url, png in ((run_url, ARTIFACTS / "mlflow-run-page.png"), (model_url, ARTIFACTS / "mlflow-model-page.png")):
+            png.unlink(missing_ok=True)
+            _render(browser, url, profile, screenshot=png)
+            assert png.is_file() and png.stat().st_size > 10_000, f"no screenshot at {png}"
 
 
 def test_training_alone_is_submitted_and_its_metrics_reach_the_server(cluster, job):
@@ -485,6 +571,40 @@ def test_training_alone_is_submitted_and_its_metrics_reach_the_server(cluster, j
     for name in ("loss_d", "loss_g", "d_real", "d_fake"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, name)) == list(range(1, 11)), name
     assert run.data.tags["checkpoint"].startswith(f"{storage}/checkpoints/")
+
+
+def test_no_secret_in_logs_params_or_artifacts(cluster, job):
+    """The jobs ran with every credential; none of them is in a log, a run's params or tags,
+    a model version's tags, or any object in the S3 store (datasets, checkpoints, every
+    MLflow artifact and model)."""
+    from mlflow.tracking import MlflowClient
+
+    secrets = {name: value.encode() for name, value in cluster.secrets().items()}
+    found = []
+
+    logs = [p for p in (cluster.state / "logs").rglob("*") if p.is_file()]
+    logs += [p for p in (cluster.state / "logs" / "ray-session").resolve().rglob("*") if p.is_file()]
+    logs += [p for p in ARTIFACTS.glob("e2e-*.log")]
+    assert any(p.name.startswith("job-driver-dcgan-e2e-") for p in logs), "the jobs' driver logs are not among the files searched"
+    texts = [(str(p), p.read_bytes()) for p in logs] + [("job output", job.output.encode())]
+
+    client = MlflowClient(cluster.tracking_uri)
+    for experiment in client.search_experiments():
+        for run in client.search_runs([experiment.experiment_id]):
+            record = json.dumps([run.info.run_name, run.data.params, run.data.tags, list(run.data.metrics)])
+            texts.append((f"run {run.info.run_id}", record.encode()))
+    for version in client.search_model_versions():
+        texts.append((f"model version {version.name}/{version.version}", json.dumps(version.tags).encode()))
+
+    objects = cluster.objects()
+    assert any(k.startswith("mlflow-artifacts/") for k in objects) and len(objects) > 10
+    s3 = cluster.s3()
+    for key in objects:
+        texts.append((f"s3://{cluster.bucket}/{key}", s3.get_object(Bucket=cluster.bucket, Key=key)["Body"].read()))
+
+    for where, data in texts:
+        found += [f"{name} in {where}" for name, secret in secrets.items() if secret in data]
+    assert not found, found
 
 
 def test_without_tracking_server_the_pipeline_stops_at_once_and_writes_nothing(cluster, job, tmp_path):

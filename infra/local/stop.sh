@@ -6,7 +6,7 @@
 # process of the user). Data, logs and credentials stay in the state dir.
 #
 #   infra/local/stop.sh            # everything
-#   infra/local/stop.sh mlflow     # only the named services (ray, mlflow, s3)
+#   infra/local/stop.sh mlflow     # only the named services (ray, mlflow, postgres, s3)
 set -euo pipefail
 
 log() { echo "[mini-cluster] $*" >&2; }
@@ -34,7 +34,7 @@ wait_group() {  # pgid, seconds
     ! group_alive "$1"
 }
 
-stop_one() {  # name, program in its command line, graceful: leader|group
+stop_one() {  # name, program in its command line, graceful: leader|group|leader-int
     local name="$1" program="$2" graceful="$3" file="$PID_DIR/$1.pid" pid
     [[ -f "$file" ]] || return 0
     pid="$(cat "$file")"
@@ -52,6 +52,9 @@ stop_one() {  # name, program in its command line, graceful: leader|group
     if [[ "$graceful" == leader ]]; then
         # `ray start --block` ends its raylet, GCS, dashboard and workers on SIGTERM.
         kill -TERM "$pid" 2>/dev/null || true
+    elif [[ "$graceful" == leader-int ]]; then
+        # PostgreSQL's postmaster: SIGINT is a fast shutdown (ends sessions, checkpoints, exits).
+        kill -INT "$pid" 2>/dev/null || true
     else
         kill -TERM -- "-$pid" 2>/dev/null || true
     fi
@@ -66,13 +69,15 @@ stop_one() {  # name, program in its command line, graceful: leader|group
     rm -f "$file"
 }
 
-if (($#)); then SERVICES=("$@"); else SERVICES=(ray mlflow s3); fi
+if (($#)); then SERVICES=("$@"); else SERVICES=(ray mlflow postgres s3); fi
 for s in "${SERVICES[@]}"; do
-    [[ "$s" =~ ^(ray|mlflow|s3)$ ]] || { log "unknown service '$s' (ray, mlflow, s3)"; exit 2; }
+    [[ "$s" =~ ^(ray|mlflow|postgres|s3)$ ]] || { log "unknown service '$s' (ray, mlflow, postgres, s3)"; exit 2; }
 done
 wanted() { [[ " ${SERVICES[*]} " == *" $1 "* ]]; }
-# Ray first (its jobs talk to MLflow and S3), then MLflow (it writes to S3), then S3.
+# Ray first (its jobs talk to MLflow and S3), then MLflow (it writes to PostgreSQL and S3),
+# then PostgreSQL, then S3.
 if wanted ray; then stop_one ray "ray start" leader; fi
 if wanted mlflow; then stop_one mlflow "mlflow server" group; fi
+if wanted postgres; then stop_one postgres "postgres -D" leader-int; fi
 if wanted s3; then stop_one s3 "weed mini" group; fi
 log "stopped ${SERVICES[*]} (state kept in $STATE_DIR)"

@@ -1,0 +1,31 @@
+# The one image every node runs: Ray's GPU image with this project and its pinned
+# dependencies baked in, so no node installs anything at start. KubeRay (infra/k8s), the
+# cluster launcher (infra/aws) and the MLflow server Deployment all use it.
+#
+#   docker build --build-arg DCGAN_GIT_COMMIT=$(git rev-parse HEAD) \
+#       -t 123456789012.dkr.ecr.us-west-2.amazonaws.com/dcgan-ray:0.1.0 .
+#
+# The tag is the project's version (pyproject.toml); push it to a repository with
+# immutable tags so a tag always means one image. The versions are constraints.txt's, the
+# same pins CI and the README's install line use (tests/test_infra_yaml.py checks both).
+FROM rayproject/ray:2.60.0-py311-gpu
+
+# The commit the image is built from; registered model versions carry it (git_commit tag).
+ARG DCGAN_GIT_COMMIT
+RUN test -n "$DCGAN_GIT_COMMIT" || { echo "build with --build-arg DCGAN_GIT_COMMIT=\$(git rev-parse HEAD)" >&2; exit 1; }
+
+WORKDIR /home/ray/dcgan-ray
+# Dependencies first (a layer that changes only with the pins), then the code.
+COPY --chown=ray:users constraints.txt pyproject.toml README.md ./
+COPY --chown=ray:users gan ./gan
+COPY --chown=ray:users pipelines ./pipelines
+COPY --chown=ray:users tune ./tune
+COPY --chown=ray:users configs ./configs
+# Editable, so the presets in configs/ resolve beside the code; 'server' adds MLflow's
+# auth app and the PostgreSQL driver for the tracking server.
+RUN python -m pip install --no-cache-dir -c constraints.txt -e '.[server]'
+
+ENV DCGAN_GIT_COMMIT=${DCGAN_GIT_COMMIT}
+LABEL org.opencontainers.image.title="dcgan-ray" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.revision="${DCGAN_GIT_COMMIT}"
