@@ -113,7 +113,7 @@ def precision_recall(real_features, fake_features, k: int = DEFAULT_K, batch_siz
     real_radii = knn_radii(real_features, k, batch_size, device)
     fake_radii = knn_radii(fake_features, k, batch_size, device)
     in_real, _, recalled = _cross(real_features, fake_features, real_radii, fake_radii, batch_size, device)
-    return PrecisionRecall(float((in_real > 0).float().mean()), float(recalled.float().mean()), k,
+    return PrecisionRecall(float((in_real > 0).double().mean()), float(recalled.double().mean()), k,
                            len(real_radii), len(fake_radii))
 
 
@@ -137,7 +137,7 @@ def density_coverage(real_features, fake_features, k: int = DEFAULT_K, batch_siz
     """Density and coverage (Naeem et al. 2020) of generated vs real features."""
     radii = knn_radii(real_features, k, batch_size, device)
     counts, covered, _ = _cross(real_features, fake_features, radii, None, batch_size, device)
-    return DensityCoverage(float(counts.sum()) / (k * len(counts)), float(covered.float().mean()), k,
+    return DensityCoverage(float(counts.sum()) / (k * len(counts)), float(covered.double().mean()), k,
                            len(radii), len(counts))
 
 
@@ -166,6 +166,6 @@ def manifold_metrics(real_features, fake_features, k: int = DEFAULT_K, batch_siz
     real_radii = knn_radii(real_features, k, batch_size, device)
     fake_radii = knn_radii(fake_features, k, batch_size, device)
     counts, covered, recalled = _cross(real_features, fake_features, real_radii, fake_radii, batch_size, device)
-    return ManifoldMetrics(float((counts > 0).float().mean()), float(recalled.float().mean()),
-                           float(counts.sum()) / (k * len(counts)), float(covered.float().mean()),
+    return ManifoldMetrics(float((counts > 0).double().mean()), float(recalled.double().mean()),
+                           float(counts.sum()) / (k * len(counts)), float(covered.double().mean()),
                            k, len(real_radii), len(fake_radii))
