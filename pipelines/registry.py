@@ -102,11 +102,12 @@ def version_model_id(version) -> str:
     return version.model_id or version.source.removeprefix("models:/")
 
 
-def version_metrics(version) -> dict[str, float]:
+def version_metrics(version, tracking_uri: str | None = None) -> dict[str, float]:
     """The metrics of a registered version: those linked to its logged model."""
     from mlflow.tracking import MlflowClient
 
-    return {m.key: m.value for m in MlflowClient().get_logged_model(version_model_id(version)).metrics or []}
+    model = MlflowClient(tracking_uri).get_logged_model(version_model_id(version))
+    return {m.key: m.value for m in model.metrics or []}
 
 
 def register_and_promote(generator: torch.nn.Module, name: str, fid: float, fid_metric: str, dataset_hash: str,

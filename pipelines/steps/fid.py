@@ -95,7 +95,7 @@ def _save_stats_paths(ap: argparse.ArgumentParser, args) -> None:
         ap.error("--save-stats takes exactly one folder: dcgan fid --save-stats FOLDER OUT.npz")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", metavar="PATH", help="image folder or .npz statistics file (two, or one with --save-stats)")
     ap.add_argument("--kid", action="store_true", help="also print KID (needs features: folders, or files written by --save-stats)")
@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
                          "default gan.fid.KID_FEATURES, 10000)")
     ap.add_argument("--kid-subsets", type=int, default=100)
     ap.add_argument("--kid-subset-size", type=int, default=1000)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.dims != FEATURE_DIMS:
         ap.error(f"--dims {args.dims} is not supported: FID here uses the {FEATURE_DIMS} pool3 features of "
