@@ -470,6 +470,8 @@ def test_mlflow_ui_shows_the_model_version_and_the_fid(cluster, job, tmp_path):
     images_url = train_url + "/model-metrics"
     text = _rendered_text(browser, images_url, profile, ["samples"])
     (ARTIFACTS / "mlflow-train-model-metrics.txt").write_text(text)
+    # The image chart of the `samples` key (its step slider sits below the fold; see the screenshot).
+    assert re.search(r"Model metrics \(\d+\).*\bsamples\b", text), f"no samples image chart:\n{text[:2000]}"
 
     ARTIFACTS.mkdir(exist_ok=True)
     for url, png in ((run_url, ARTIFACTS / "mlflow-run-page.png"), (model_url, ARTIFACTS / "mlflow-model-page.png"),

@@ -85,7 +85,6 @@ def graceful_stop() -> Iterator[DriverStop | None]:
     forwarder.start()
 
     def on_sigterm(signum, frame):
-        log.warning("[train] SIGTERM: stopping at the next iteration boundary with a final checkpoint")
         print("[train] SIGTERM: stopping at the next iteration boundary with a final checkpoint", flush=True)
         stop.event.set()
 
