@@ -3,14 +3,18 @@
 Expected errors (:class:`pipelines.errors.PipelineError`: a wrong config key, a missing
 path, a service that does not answer; and ``gan``'s FID errors) end the command with
 its message on stderr and exit status 2. Anything else is a bug and keeps its
-traceback. Entry points import torch, Ray and MLflow only after their checks, so a
+traceback. SIGTERM (``ray job stop``, ``kill``) ends a command as Ctrl-C does, with open
+MLflow runs ended KILLED; a training in progress first writes a final checkpoint
+(:mod:`pipelines.training.stopping`). Entry points import torch, Ray and MLflow only after their checks, so a
 wrong input fails in about a second.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import Callable
 
 from pipelines.errors import PipelineError
@@ -36,8 +40,14 @@ def is_expected(error: BaseException) -> bool:
     return inception is not None and isinstance(error, inception.FIDError)
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def run_command(prog: str, command: Callable[[], int | None]) -> int:
     """``command()``'s exit status; an expected error becomes its message and status 2."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return int(command() or 0)
     except Exception as e:  # noqa: BLE001 - re-raised unless expected

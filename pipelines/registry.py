@@ -8,7 +8,9 @@ An exported graph has no submodules to hook, but it keeps the weights' names, so
 project's tools rebuild the hookable ``gan.models.Generator`` from it
 (``pipelines.checkpoints.as_generator``).
 
-Versions carry tags (FID, KID, dataset hash, audit result, git commit) and aliases:
+FID, KID and the audit's figures are metrics linked to the logged model and the dataset
+(MLflow 3's ``log_metric(..., model_id=, dataset=)``), so a version's page shows them.
+Versions also carry tags (FID, KID, dataset hash, audit result, git commit) and aliases:
 every new version is ``challenger``; it becomes ``champion`` only if its FID beats
 the current champion's on the same dataset (or there is no champion yet).
 """
@@ -85,14 +87,41 @@ def promote_if_better(name: str, version: str, fid: float, dataset_hash: str) ->
     return True, reason
 
 
+def log_model_metrics(model_id: str, metrics: dict[str, float], dataset=None, step: int = 0) -> None:
+    """Metrics of a logged model (FID, KID, the audit's figures) on the active run, linked to
+    the model and, when given, to the ``mlflow.data`` dataset they were measured against:
+    MLflow 3 shows them on the logged model, and so on every version registered from it."""
+    import mlflow
+
+    for key, value in metrics.items():
+        mlflow.log_metric(key, float(value), step=step, model_id=model_id, dataset=dataset)
+
+
+def version_model_id(version) -> str:
+    """The logged model a registered version was made from (its source is ``models:/<model id>``)."""
+    return version.model_id or version.source.removeprefix("models:/")
+
+
+def version_metrics(version, tracking_uri: str | None = None) -> dict[str, float]:
+    """The metrics of a registered version: those linked to its logged model."""
+    from mlflow.tracking import MlflowClient
+
+    model = MlflowClient(tracking_uri).get_logged_model(version_model_id(version))
+    return {m.key: m.value for m in model.metrics or []}
+
+
 def register_and_promote(generator: torch.nn.Module, name: str, fid: float, fid_metric: str, dataset_hash: str,
-                         tags: dict[str, Any]) -> tuple[Any, bool, str]:
-    """Log G to the active MLflow run, register it as a new version of ``name`` (tagged with
-    its FID, the dataset and ``tags``) and promote it to ``champion`` if it is the best;
-    returns (the ModelVersion, promoted, why)."""
+                         tags: dict[str, Any], metrics: dict[str, float] | None = None, dataset=None,
+                         step: int = 0) -> tuple[Any, bool, str]:
+    """Log G to the active MLflow run with ``metrics`` linked to it and to ``dataset``, register
+    it as a new version of ``name`` (tagged with its FID, the dataset and ``tags``; the
+    tags are what the champion rule and older tools read) and promote it to ``champion``
+    if it is the best; returns (the ModelVersion, promoted, why)."""
     from pipelines.provenance import git_commit
 
     info = log_generator(generator)
+    measured = ({fid_metric: fid} if math.isfinite(fid) and fid_metric != "none" else {}) | dict(metrics or {})
+    log_model_metrics(info.model_id, measured, dataset, step)
     version = register(info.model_uri, name, {FID_TAG: fid, "fid_metric": fid_metric, DATASET_TAG: dataset_hash,
                                               "git_commit": git_commit(), **tags})
     promoted, reason = promote_if_better(name, version.version, fid, dataset_hash)

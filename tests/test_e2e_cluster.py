@@ -378,6 +378,12 @@ def test_pipeline_job_is_tracked_on_the_server(cluster, job):
         assert steps == sorted(set(steps)), f"{name}: steps repeat or go back: {steps}"
         assert all(math.isfinite(m.value) for m in history)
 
+    _step_lineage_and_plots(client, client.get_run(train), job.config.storage)
+    for plot in ("losses", "discriminator"):  # kept for a look (and the README's picture)
+        _download(cluster, train, f"plots/{plot}.png", ARTIFACTS / "plots")
+    for step in ("ingest", "evaluate"):
+        assert client.get_run(job.child_runs[step].info.run_id).inputs.dataset_inputs, f"{step} has no dataset input"
+
     fid_keys = [k for k in job.pipeline_run.data.metrics if k.startswith("fid")]
     assert fid_keys, f"no FID on the pipeline run: {job.pipeline_run.data.metrics}"
     fid = job.pipeline_run.data.metrics[fid_keys[0]]
@@ -432,6 +438,10 @@ def test_registered_model_sits_in_s3_and_generates_images(cluster, job, tmp_path
     fid_key = next(k for k in job.pipeline_run.data.metrics if k.startswith("fid"))
     assert float(champion.tags["fid"]) == pytest.approx(job.pipeline_run.data.metrics[fid_key])
     assert champion.tags["dataset_hash"] == job.pipeline_run.data.tags["dataset_hash"]
+    from pipelines.registry import version_metrics
+
+    linked = version_metrics(champion, cluster.tracking_uri)  # FID linked to the logged model: the version's metrics
+    assert linked[fid_key] == pytest.approx(job.pipeline_run.data.metrics[fid_key]), linked
     audit_tags = {k: v for k, v in champion.tags.items() if k.startswith("audit")}
     assert audit_tags, f"the version carries no audit result: {champion.tags}"
     for key, value in audit_tags.items():
@@ -538,8 +548,21 @@ def test_mlflow_ui_shows_the_model_version_and_the_fid(cluster, job, tmp_path):
         text = _rendered_text(browser, run_url, profile, ["Metrics", fid_key])
         assert re.search(rf"Metrics \(\d+\).*\b{re.escape(fid_key)}\b", text), f"run page without {fid_key}:\n{text[:2000]}"
 
+        train = job.child_runs["train"]
+        train_url = f"{ui}/#/experiments/{job.experiment_id}/runs/{train.info.run_id}"
+        dataset = train.inputs.dataset_inputs[0].dataset.name
+        text = _rendered_text(browser, train_url, profile, [dataset])
+        assert dataset in text, f"the train run's page does not show its dataset {dataset}:\n{text[:2000]}"
+        images_url = train_url + "/model-metrics"
+        text = _rendered_text(browser, images_url, profile, ["samples"])
         ARTIFACTS.mkdir(exist_ok=True)
-        for url, png in ((run_url, ARTIFACTS / "mlflow-run-page.png"), (model_url, ARTIFACTS / "mlflow-model-page.png")):
+        (ARTIFACTS / "mlflow-train-model-metrics.txt").write_text(text)
+        # The image chart of the `samples` key (its step slider sits below the fold; see the screenshot).
+        assert re.search(r"Model metrics \(\d+\).*\bsamples\b", text), f"no samples image chart:\n{text[:2000]}"
+
+        for url, png in ((run_url, ARTIFACTS / "mlflow-run-page.png"), (model_url, ARTIFACTS / "mlflow-model-page.png"),
+                         (train_url, ARTIFACTS / "mlflow-train-run-page.png"),
+                         (images_url, ARTIFACTS / "mlflow-train-images.png")):
             png.unlink(missing_ok=True)
             _render(browser, url, profile, screenshot=png)
             assert png.is_file() and png.stat().st_size > 10_000, f"no screenshot at {png}"
@@ -605,6 +628,69 @@ def test_no_secret_in_logs_params_or_artifacts(cluster, job):
     for where, data in texts:
         found += [f"{name} in {where}" for name, secret in secrets.items() if secret in data]
     assert not found, found
+
+
+def _ray(cluster, *args, timeout=120, check=False) -> str:
+    done = subprocess.run(["ray", "job", *args], env=cluster.env, capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+    assert not check or done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done.stdout + done.stderr
+
+
+def _step_lineage_and_plots(client, run, storage: str) -> None:
+    """What MLflow users look for on a training run, read from the tracking server."""
+    (used,) = run.inputs.dataset_inputs
+    assert used.dataset.name == "synthetic-256-s0-32px" and len(used.dataset.digest) == 32
+    assert used.dataset.digest == run.data.tags["dataset_hash"][:32]
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    steps = {int(m.group(1)) for p in images if (m := re.search(r"samples[+%]step[+%](\d+)[+%]", p))}
+    assert steps, f"no step-indexed sample images: {images}"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {"plots/losses.png",
+                                                                                "plots/discriminator.png"}
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
+
+
+def test_a_stopped_job_leaves_a_final_checkpoint_and_a_killed_run_that_resumes(cluster, job):
+    """`ray job submit --no-wait`, `ray job logs`, `ray job stop`, as the README shows: the
+    driver gets SIGTERM, training stops at the next log window with a checkpoint, the run is
+    KILLED; resuming from that checkpoint finishes the same MLflow run without gap or repeat."""
+    from mlflow.tracking import MlflowClient
+
+    storage, sid = f"s3://{cluster.bucket}/stopped", f"dcgan-e2e-stop-{int(time.time())}"
+    argv = ["python", "-m", "pipelines.steps.train", "--config", PRESET, f"storage={storage}", "name=stopped",
+            "train.iterations=100000", "train.log_every=5", "train.checkpoint_every=100000"]
+    grace = json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "120"}})
+    _ray(cluster, "submit", "--no-wait", "--submission-id", sid, "--working-dir", ".", "--runtime-env-json", grace,
+         "--", *argv, check=True)
+    deadline = time.monotonic() + 300
+    while "[train] iter 10/" not in (logs := _ray(cluster, "logs", sid)):
+        assert time.monotonic() < deadline and "FAILED" not in _ray(cluster, "status", sid), logs[-4000:]
+        time.sleep(5)
+    _ray(cluster, "stop", sid, timeout=240)
+    logs = _ray(cluster, "logs", sid)
+    (ARTIFACTS / "e2e-stopped-job.log").write_text(logs)
+    assert "stopped" in _ray(cluster, "status", sid).lower()
+
+    client = MlflowClient(cluster.tracking_uri)
+    (run,) = client.search_runs([job.experiment_id], "tags.pipeline_step = 'train' and params.name = 'stopped'")
+    assert run.info.status == "KILLED", logs[-4000:]
+    checkpoint = run.data.tags["checkpoint"]
+    assert checkpoint.startswith(f"{storage}/checkpoints/"), checkpoint
+    key = checkpoint[len(f"s3://{cluster.bucket}/"):] + "/checkpoint.pt"
+    assert key in cluster.objects(), f"no final checkpoint at {checkpoint}"
+    stopped_at = max(m.step for m in client.get_metric_history(run.info.run_id, "loss_d"))
+    assert stopped_at % 5 == 0 and stopped_at >= 10
+
+    total = stopped_at + 5
+    resume = ["python", "-m", "pipelines.steps.train", "--config", PRESET, f"storage={storage}", "name=stopped",
+              f"train.iterations={total}", "train.log_every=5", f"train.resume_from={checkpoint}"]
+    out = _ray(cluster, "submit", "--working-dir", ".", "--", *resume, timeout=JOB_TIMEOUT_S, check=True)
+    (ARTIFACTS / "e2e-resumed-job.log").write_text(out)
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss_d")) == list(range(1, total + 1))
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "resumed_at_iteration")] == [stopped_at]
+    _step_lineage_and_plots(client, run, storage)
 
 
 def test_without_tracking_server_the_pipeline_stops_at_once_and_writes_nothing(cluster, job, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from gan import fid
 from pipelines.cli import main as dcgan
-from pipelines.steps.fid import main
+from pipelines.steps.fid import build_parser, main
 
 N = 6
 
@@ -83,3 +83,27 @@ def test_bad_input_gets_actionable_errors(saved, folders, tmp_path, capsys):
     assert exit_info.value.code == 2 and "give two paths" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(folders[0]), str(folders[1]), "--save-stats", str(tmp_path / "x.npz")])
+
+
+def test_pytorch_fid_forms_save_stats_dims_and_batch_size(folders, tmp_path, capsys):
+    """`--save-stats DIR OUT.npz` (pytorch-fid's order), then the file against another folder,
+    gives the FID of the two folders."""
+    out = tmp_path / "a.npz"
+    assert main(["--save-stats", str(folders[0]), str(out), "--batch-size", str(N), "--dims", "2048"]) == 0
+    assert fid.load_stats(out).count == N
+    assert main([str(out), str(folders[1]), "--batch-size", str(N)]) == 0
+    from_file = float(_printed(capsys, "FID"))
+    assert main([str(folders[0]), str(folders[1])]) == 0  # default batch size 50, as pytorch-fid
+    assert float(_printed(capsys, "FID")) == pytest.approx(from_file, rel=1e-6)
+    # the flag after both paths, and the project's own order, mean the same
+    from pipelines.steps.fid import _save_stats_paths
+
+    for argv in ([str(folders[0]), "b.npz", "--save-stats"], [str(folders[0]), "--save-stats", "b.npz"],
+                 ["--save-stats", str(folders[0]), "b.npz"]):
+        ap = build_parser()
+        args = ap.parse_args(argv)
+        _save_stats_paths(ap, args)
+        assert (args.paths, args.save_stats) == ([str(folders[0])], "b.npz"), argv
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(folders[0]), str(folders[1]), "--dims", "768"])
+    assert exit_info.value.code == 2 and "--dims 768 is not supported" in capsys.readouterr().err

@@ -58,6 +58,7 @@ class Sweep:
 def run_sweep(sweep_config: SweepConfig | None, resume: str | None = None) -> dict[str, Any]:
     import mlflow
 
+    from pipelines.lineage import log_dataset
     from pipelines.provenance import git_commit
 
     sweep = open_sweep(sweep_config, resume)
@@ -66,8 +67,9 @@ def run_sweep(sweep_config: SweepConfig | None, resume: str | None = None) -> di
     prep_s = time.time() - t0
     tags = {"pipeline_step": "sweep", "git_commit": git_commit(), "dataset_hash": manifest["content_hash"]}
     with tracking.run(sweep.tracking_uri, sweep.base.tracking.experiment, run_name=sweep.run_name,
-                      run_id=sweep.parent_run_id, tags=tags) as parent:
+                      run_id=sweep.parent_run_id, tags=tags, system_metrics=True) as parent:
         sweep.parent_run_id = parent.info.run_id
+        log_dataset(manifest, sweep.base.dataset_uri, "training")
         if not sweep.resumed:
             record_start(sweep)
         t1 = time.time()
@@ -215,12 +217,15 @@ def register_best(sweep: Sweep, best, manifest: dict):
     """The best trial's generator, registered; champion only if it beats the current one."""
     from pipelines import registry
     from pipelines.checkpoints import generator_from_state, load_state
+    from pipelines.lineage import mlflow_dataset
 
     generator = generator_from_state(load_state(storage.as_uri(best["checkpoint_path"], sweep.directory)))
     tags = {"sweep_run_id": sweep.parent_run_id, "trial_id": best["trial_id"],
             **{k: best[k] for k in sweep.config.search if k in best}}
     return registry.register_and_promote(generator, sweep.base.registered_model_name, float(best[sweep.metric]),
-                                         sweep.metric, manifest["content_hash"], tags)
+                                         sweep.metric, manifest["content_hash"], tags,
+                                         dataset=mlflow_dataset(manifest, sweep.base.dataset_uri),
+                                         step=int(best.get("iteration", 0)))
 
 
 def _cpus_needed(sweep: SweepConfig, base: PipelineConfig) -> int:

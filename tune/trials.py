@@ -48,6 +48,7 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.dataset.format import read_manifest
+    from pipelines.lineage import log_dataset
     from pipelines.training.trainer import fit, make_evaluator
 
     ctx = config["context"]
@@ -64,11 +65,13 @@ def run_trial(config: dict[str, Any]) -> None:
                       parent_run_id=parent, tags=tags) as active:
         import mlflow
 
+        manifest = read_manifest(cfg.dataset_uri)
         if run_id is None:
             mlflow.log_params(tracking.params_from_config(cfg.flat()))
             mlflow.log_params({f"search.{k}": v for k, v in config["params"].items()})
+            log_dataset(manifest, cfg.dataset_uri, "training")
         result = fit(cfg, run_name=f"{ctx['sweep_run_name']}-{trial_id}", tracking_uri=uri,
-                     mlflow_run_id=active.info.run_id, evaluator=make_evaluator(cfg, read_manifest(cfg.dataset_uri)),
+                     mlflow_run_id=active.info.run_id, evaluator=make_evaluator(cfg, manifest),
                      callbacks=[TuneReportCallback()], keep_best_by=metric_name(cfg, sweep.metric))
         if result.error:
             raise result.error

@@ -133,20 +133,28 @@ def _save_png(image: np.ndarray, path: Path) -> Path:
 
 
 def log_to_mlflow(result: EvaluationResult, tracking_uri: str, run_id: str | None = None, step: int = 0,
-                  experiment: str = "dcgan-lsun-bedroom", run_name: str = "evaluate", tags: dict | None = None) -> str:
+                  experiment: str = "dcgan-lsun-bedroom", run_name: str = "evaluate", tags: dict | None = None,
+                  manifest: dict | None = None, dataset_uri: str | None = None, model_id: str | None = None) -> str:
     """Metrics, the audit report and the grids of one evaluation into an MLflow run
-    (a new, finished run in ``experiment`` when ``run_id`` is None); returns the run id."""
+    (a new, finished run in ``experiment`` when ``run_id`` is None); returns the run id.
+
+    With the dataset's ``manifest`` and ``dataset_uri`` the run gets it as an input and the
+    metrics are linked to it; with a logged model's ``model_id`` they are linked to it too."""
     import mlflow
 
-    from pipelines import tracking
+    from pipelines import lineage, tracking
 
     client = mlflow.MlflowClient(tracking_uri)
     new_run = run_id is None
     if new_run:
         experiment_id = tracking.configure(tracking_uri, experiment)  # artifacts beside an embedded SQLite store
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags or {}).info.run_id
+    link = {"model_id": model_id}
+    if manifest is not None and dataset_uri:
+        lineage.log_dataset(manifest, dataset_uri, "evaluation", run_id=run_id, tracking_uri=tracking_uri)
+        link |= {"dataset_name": lineage.dataset_name(dataset_uri), "dataset_digest": lineage.digest(manifest)}
     for name, value in result.metrics.items():
-        client.log_metric(run_id, name, float(value), step=step)
+        client.log_metric(run_id, name, float(value), step=step, **link)
     if result.audit is not None:
         client.log_dict(run_id, result.audit, f"evaluation/audit-{sample_tag(result.audit_samples)}-step{step:07d}.json")
     for path in result.grids.values():

@@ -54,6 +54,21 @@ def resolve_target(target: str, tracking_uri: str) -> tuple[str, str | None]:
                           "pass its checkpoint with --run <checkpoint folder>")
 
 
+def logged_model_id(location: str, tracking_uri: str) -> str | None:
+    """The MLflow 3 logged model behind ``models:/<model id>``, ``models:/<name>/<version>`` or
+    ``models:/<name>@<alias>`` (its evaluation metrics are linked to it); None for a checkpoint."""
+    if not location.startswith("models:/"):
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client, ref = MlflowClient(tracking_uri), location[len("models:/"):].strip("/")
+    if "@" in ref:
+        return client.get_model_version_by_alias(*ref.split("@", 1)).model_id
+    if "/" in ref:
+        return client.get_model_version(*ref.split("/", 1)).model_id
+    return ref
+
+
 def evaluate(args) -> int:
     base = load_config(args.config) if args.config else PipelineConfig()
     overrides = parse_overrides(args.overrides)
@@ -79,7 +94,8 @@ def evaluate(args) -> int:
     step = int(state.get("iteration", 0)) if state else 0
     run_id = log_to_mlflow(result, tracking_uri, run_id or (state or {}).get("mlflow_run_id"), step=step,
                            experiment=cfg.tracking.experiment, run_name=f"evaluate-{cfg.name}",
-                           tags={"dcgan.evaluated": args.run})
+                           tags={"dcgan.evaluated": args.run}, manifest=manifest, dataset_uri=cfg.dataset_uri,
+                           model_id=logged_model_id(location, tracking_uri))
     print(json.dumps({"run_id": run_id, "step": step, **{k: round(v, 6) for k, v in result.metrics.items()},
                       "grids": {k: str(v) for k, v in result.grids.items()}, "seconds": round(result.seconds, 1)}))
     return 0

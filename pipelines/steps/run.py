@@ -24,10 +24,12 @@ def ingest_step(cfg: PipelineConfig, uri: str, parent_id: str) -> dict:
     import mlflow
 
     from pipelines.dataset.ingestion import ensure_dataset
+    from pipelines.lineage import log_dataset
 
     with tracking.run(uri, cfg.tracking.experiment, run_name="ingest", parent_run_id=parent_id,
                       tags={"pipeline_step": "ingest"}):
         manifest = ensure_dataset(cfg)
+        log_dataset(manifest, cfg.dataset_uri, "ingest")
         mlflow.log_params({"source": manifest.get("source", cfg.data.source), "dataset_uri": cfg.dataset_uri})
         mlflow.log_metrics({"images": manifest["count"], "skipped": len(manifest.get("skipped", [])),
                             "duplicates": manifest.get("duplicates", 0)})
@@ -38,18 +40,22 @@ def ingest_step(cfg: PipelineConfig, uri: str, parent_id: str) -> dict:
 def evaluate_step(cfg: PipelineConfig, uri: str, parent_id: str, generator, manifest: dict) -> dict:
     from pipelines.evaluation.generator_eval import evaluate_generator, log_to_mlflow
     from pipelines.evaluation.pool import WorkerPool, workers_for
+    from pipelines.lineage import log_dataset
 
     with tracking.run(uri, cfg.tracking.experiment, run_name="evaluate", parent_run_id=parent_id,
                       tags={"pipeline_step": "evaluate"}) as active, \
             WorkerPool(workers_for(cfg), cfg.scaling.use_gpu) as pool:
+        log_dataset(manifest, cfg.dataset_uri, "evaluation")
         result = evaluate_generator(generator, cfg.dataset_uri, cfg, manifest=manifest, pool=pool)
         log_to_mlflow(result, uri, run_id=active.info.run_id, step=cfg.train.iterations)
     return result.metrics | ({"audit": result.audit} if result.audit is not None else {})
 
 
 def register_step(cfg: PipelineConfig, generator, manifest: dict, evaluation: dict) -> dict:
-    """Log G to the pipeline run, register a version, and promote it if it is the best."""
+    """Log G to the pipeline run with its metrics linked to it and the dataset, register a
+    version, and promote it if it is the best."""
     from pipelines import registry
+    from pipelines.lineage import mlflow_dataset
 
     fid_key = next((k for k in evaluation if k.startswith("fid")), None)
     kid_key = next((k for k in evaluation if k.startswith("kid") and not k.endswith("std")), None)
@@ -58,7 +64,9 @@ def register_step(cfg: PipelineConfig, generator, manifest: dict, evaluation: di
     version, promoted, reason = registry.register_and_promote(
         generator, name, float(evaluation[fid_key]) if fid_key else float("inf"), fid_key or "none",
         manifest["content_hash"], {"kid": evaluation.get(kid_key, "none"), "resolution": cfg.model.resolution,
-                                   "audit_exact_collision_fraction": audit.get("exact_collision_fraction", "none")})
+                                   "audit_exact_collision_fraction": audit.get("exact_collision_fraction", "none")},
+        metrics={k: v for k, v in evaluation.items() if isinstance(v, (int, float))},
+        dataset=mlflow_dataset(manifest, cfg.dataset_uri), step=cfg.train.iterations)
     print(f"[run] registered {name} version {version.version} (challenger); "
           f"{'champion: ' if promoted else 'not champion: '}{reason}", flush=True)
     return {"name": name, "version": version.version, "champion": promoted}
@@ -71,6 +79,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     from pipelines.checkpoints import checkpoint_uri, generator_from_state, load_state
     from pipelines.cluster import init_ray
+    from pipelines.lineage import log_dataset
     from pipelines.provenance import git_commit, unique_run_name
     from pipelines.training.trainer import run_training
 
@@ -81,14 +90,16 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         mlflow.log_params(tracking.params_from_config(cfg.flat()))
         manifest = ingest_step(cfg, uri, parent_id)
         mlflow.set_tag("dataset_hash", manifest["content_hash"])
+        log_dataset(manifest, cfg.dataset_uri, "training")
         train_run_id, result, _ = run_training(cfg, parent_run_id=parent_id)
         ckpt = checkpoint_uri(result)
         generator = generator_from_state(load_state(ckpt))
         evaluation = evaluate_step(cfg, uri, parent_id, generator, manifest) if cfg.eval.final_fid else {}
         scalar = {k: v for k, v in evaluation.items() if isinstance(v, (int, float))}
-        if scalar:
-            mlflow.log_metrics(scalar)
+        # Registered, the metrics go to the run linked to the logged model (register_step).
         registered = register_step(cfg, generator, manifest, evaluation) if cfg.tracking.register_model else None
+        if scalar and registered is None:
+            mlflow.log_metrics(scalar)
         summary = {"run_id": parent_id, "train_run_id": train_run_id, "checkpoint": ckpt,
                    "tracking_uri": uri, "experiment": cfg.tracking.experiment, "registered": registered,
                    "metrics": scalar}

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from gan.images import save_grid
+from gan.images import grid
 from gan.training import AdversarialStep, DataPosition, make_optimizers, unwrap
 from pipelines import tracking
 from pipelines.checkpoints import build_networks, load_state, save_state
@@ -35,12 +35,14 @@ from pipelines.config import PipelineConfig
 from pipelines.dataset.feed import epoch_batches
 from pipelines.distributed import convert_sync_batchnorm, ddp_kwargs, replica_divergence
 from pipelines.hardware import step_options
+from pipelines.training import reporting, stopping
 
 # A logger, not print: Ray Train tees a worker's print to its logger *and* stdout, which
 # shows every line twice on the driver's console.
 log = logging.getLogger("dcgan.train")
 SAMPLE_GRID_SIZE = 64
 FIXED_NOISE_SEED = 1234
+SAMPLES_KEY = "samples"  # the MLflow image key of the sample grids
 
 
 def iteration_seed(seed: int, rank: int, iteration: int) -> int:
@@ -66,6 +68,8 @@ class Worker:
     tracking_uri: str | None = None
     run_id: str | None = None
     evaluator: Callable | None = None
+    stop_signal: Any = None  # the driver's StopSignal actor (pipelines.training.stopping), or None
+    stopping: bool = False  # the job was stopped: write a final checkpoint and return
     position: DataPosition = field(default_factory=DataPosition)
     start: int = 0  # the last iteration already done (0, or a checkpoint's)
     restored: dict | None = None  # the checkpoint this worker resumed from
@@ -106,8 +110,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if sample_due(worker.cfg, iteration, new_epoch):
             log_sample_grid(worker, iteration)
         scores = evaluate(worker, iteration)
-        if iteration % worker.cfg.train.checkpoint_every == 0 or iteration == total or scores:
+        if iteration % worker.cfg.train.checkpoint_every == 0 or iteration == total or scores or worker.stopping:
             checkpoint_and_report(worker, iteration, last | scores)  # (4)
+        if worker.stopping:  # the job was stopped (see pipelines/training/stopping.py)
+            return
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -158,7 +164,8 @@ def build_networks_and_step(loop_config: dict[str, Any]) -> Worker:
                               generator=torch.Generator().manual_seed(FIXED_NOISE_SEED))
     return Worker(cfg=cfg, rank=rank, world=world, g=g, d=d, opt_g=opt_g, opt_d=opt_d, step=step, noise=noise,
                   fixed_noise=fixed_noise.to(device), tracking_uri=loop_config.get("tracking_uri"),
-                  run_id=loop_config.get("mlflow_run_id"), evaluator=loop_config.get("evaluator"))
+                  run_id=loop_config.get("mlflow_run_id"), evaluator=loop_config.get("evaluator"),
+                  stop_signal=loop_config.get("stop_signal"))
 
 
 def restore(worker: Worker, ray_checkpoint) -> None:
@@ -277,7 +284,10 @@ def log_window(worker: Worker, window: list[dict[str, torch.Tensor]], iteration:
     for i, it in enumerate(range(iteration - len(window) + 1, iteration + 1)):
         worker.metrics.add(it, {k: v[i].item() for k, v in stacked.items()})
     last = {k: v[-1].item() for k, v in stacked.items()}
-    worker.metrics.add(iteration, {"images_per_second": rate, "epoch": float(worker.position.epoch)})
+    devices = reporting.device_metrics(worker.fixed_noise.device, worker.world)  # a collective on GPUs
+    worker.metrics.add(iteration, {"images_per_second": rate, "epoch": float(worker.position.epoch), **devices})
+    worker.stopping = stopping.worker_stop_requested(worker.stop_signal, worker.rank, worker.world,
+                                                     worker.fixed_noise.device)
     if worker.rank == 0:
         total = cfg.train.iterations
         eta = (total - iteration) * (now - worker.t_start) / max(1, iteration - worker.start)
@@ -294,7 +304,8 @@ def sample_due(cfg: PipelineConfig, iteration: int, new_epoch: bool) -> bool:
 
 
 def log_sample_grid(worker: Worker, iteration: int) -> None:
-    """Rank 0: G on the fixed noise, as a PNG grid under the run's ``samples/``."""
+    """Rank 0: G on the fixed noise, as an MLflow image with key ``samples`` at step
+    ``iteration`` (the run page's image slider walks through them)."""
     if worker.rank != 0 or not (worker.tracking_uri and worker.run_id):
         return
     g = worker.g_bare
@@ -302,9 +313,8 @@ def log_sample_grid(worker: Worker, iteration: int) -> None:
     with torch.no_grad():
         images = g(worker.fixed_noise)
     g.train()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_grid(images, Path(tmp) / f"iter_{iteration:07d}.png", nrow=8)
-        tracking.log_artifact_file(worker.tracking_uri, worker.run_id, path, "samples")
+    worker.metrics.client.log_image(worker.run_id, grid(images, nrow=8), key=SAMPLES_KEY, step=iteration,
+                                    synchronous=True)
 
 
 def evaluate(worker: Worker, iteration: int) -> dict[str, float]:
@@ -371,6 +381,7 @@ def checkpoint_and_report(worker: Worker, iteration: int, metrics: dict[str, flo
     # workers: a worker lost before then loses the checkpoint, and the run resumes from the
     # one before. Go on only once it is committed.
     ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+    reporting.log_training_plots(worker.metrics.client, worker.run_id)
 
 
 def report_final_checkpoint_again(worker: Worker) -> None:

@@ -26,12 +26,15 @@ from pipelines.provenance import git_commit, unique_run_name
 from pipelines.training.loop import train_loop_per_worker
 
 def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
-        evaluator: Callable | None = None, callbacks: list | None = None, keep_best_by: str | None = None):
+        evaluator: Callable | None = None, callbacks: list | None = None, keep_best_by: str | None = None,
+        stop_signal=None):
     """Run the TorchTrainer; returns Ray Train's Result (result.checkpoint: the last one).
 
     ``evaluator(generator, iteration) -> {metric: value}`` runs on every rank every
     ``eval.fid_every`` iterations (it may use torch.distributed collectives); ``keep_best_by`` keeps the checkpoints with the lowest
     value of that metric instead of the latest ones (every checkpoint must report it).
+    ``stop_signal``: the actor of :func:`pipelines.training.stopping.graceful_stop`, which
+    the workers ask whether to stop early with a final checkpoint.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -48,7 +51,7 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"pipeline": cfg.model_dump(), "tracking_uri": tracking_uri,
-                           "mlflow_run_id": mlflow_run_id, "evaluator": evaluator},
+                           "mlflow_run_id": mlflow_run_id, "evaluator": evaluator, "stop_signal": stop_signal},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -84,7 +87,13 @@ def make_evaluator(cfg: PipelineConfig, manifest: dict) -> Callable | None:
 
 
 def run_training(cfg: PipelineConfig, parent_run_id: str | None = None):
-    """The training step with its own MLflow run (nested under parent_run_id when given)."""
+    """The training step with its own MLflow run (nested under parent_run_id when given),
+    with the dataset as its input and the driver's system metrics. A SIGTERM (``ray job
+    stop``) stops it at the next log window with a final checkpoint and raises
+    :class:`pipelines.training.stopping.TrainingStopped`, which ends the run KILLED."""
+    from pipelines.lineage import log_dataset
+    from pipelines.training.stopping import TrainingStopped, graceful_stop
+
     tracking_uri = cfg.tracking_uri()
     manifest = ensure_dataset(cfg)
     evaluator = make_evaluator(cfg, manifest)
@@ -92,15 +101,22 @@ def run_training(cfg: PipelineConfig, parent_run_id: str | None = None):
     run_name = unique_run_name(cfg)
     tags = {"dataset_hash": manifest["content_hash"], "dataset_uri": cfg.dataset_uri, "git_commit": git_commit(),
             "ray_run_name": run_name, "pipeline_step": "train"}
+    init_ray(cfg)
     with tracking.run(tracking_uri, cfg.tracking.experiment, run_name=run_name, run_id=resumed_run_id,
-                      parent_run_id=parent_run_id, tags=tags) as active:
+                      parent_run_id=parent_run_id, tags=tags, system_metrics=True) as active, graceful_stop() as stop:
         import mlflow
 
         if resumed_run_id is None:
             mlflow.log_params(tracking.params_from_config(cfg.flat()))
+        log_dataset(manifest, cfg.dataset_uri, "training")
         result = fit(cfg, run_name=run_name, tracking_uri=tracking_uri, mlflow_run_id=active.info.run_id,
-                     evaluator=evaluator)
+                     evaluator=evaluator, stop_signal=stop.actor if stop else None)
         if result.error:
             raise result.error
-        mlflow.set_tag(tracking.CHECKPOINT_TAG, checkpoint_uri(result) if result.checkpoint else "")
+        last = checkpoint_uri(result) if result.checkpoint else ""
+        mlflow.set_tag(tracking.CHECKPOINT_TAG, last)
+        if stop is not None and stop.requested:
+            print(f"[train] stopped at iteration {result.metrics.get('iteration')}; final checkpoint: {last}; "
+                  f"continue with train.resume_from={last}", flush=True)
+            raise TrainingStopped(last)
         return active.info.run_id, result, manifest

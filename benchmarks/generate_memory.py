@@ -1,0 +1,69 @@
+"""Peak memory of `dcgan generate` into a folder: flat in the image count when batched.
+
+    python -m benchmarks.generate_memory [--config demo] [--counts 500 5000] [--batch 250] [--out result.json]
+
+Each run is a fresh `python -m pipelines.steps.generate` process on a checkpoint of the
+preset's (untrained) generator; its peak resident memory is the child's ru_maxrss
+(resource.getrusage(RUSAGE_CHILDREN), measured alone in a wrapper process). For
+comparison it also runs the largest count as one batch (what generate did before --batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WRAPPER = """
+import resource, subprocess, sys, json, time
+t = time.time()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"rc": done.returncode, "peak_rss_mib": peak_kib / 1024, "seconds": time.time() - t,
+                  "stderr": done.stderr[-500:] if done.returncode else ""}))
+"""
+
+
+def measure(checkpoint: str, count: int, batch: int, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "pipelines.steps.generate", "--model", checkpoint, "-n", str(count),
+           "--batch", str(batch), "--device", "cpu", "--out", str(out)]
+    done = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result |= {"images": count, "batch": batch, "files": len(list(out.glob("*.png")))}
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="demo")
+    ap.add_argument("--counts", type=int, nargs="+", default=[500, 5000])
+    ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--out", help="write the results as JSON here too")
+    args = ap.parse_args()
+    import torch
+
+    from pipelines.checkpoints import build_networks, save_state
+    from pipelines.config import load_config
+
+    cfg = load_config(args.config)
+    torch.manual_seed(0)
+    g, _ = build_networks(cfg.model.model_dump())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        save_state(Path(tmp) / "ckpt", {"generator": g.state_dict(), "config": cfg.model_dump()})
+        runs = [(n, args.batch) for n in args.counts] + [(max(args.counts), max(args.counts))]
+        for i, (count, batch) in enumerate(runs):
+            rows.append(measure(str(Path(tmp) / "ckpt"), count, batch, Path(tmp) / f"out{i}"))
+            print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in rows[-1].items()}), flush=True)
+    summary = {"config": args.config, "resolution": cfg.model.resolution, "g_width": cfg.model.g_width,
+               "runs": rows, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""What rank 0 reports beside the losses: every worker's GPU use, and plots of the run.
+
+MLflow's system metrics (``system/...``) sample the driver's machine; the training
+workers' GPUs are elsewhere on a cluster, so each log window rank 0 gathers every
+worker's peak GPU memory and utilisation and logs them as ``worker<r>/gpu_*`` metrics.
+The plots (:mod:`pipelines.plots`) are redrawn from the run's metric history at each
+checkpoint and logged under ``plots/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("dcgan.train")
+PLOTS_DIR = "plots"
+
+
+def _utilization(device: torch.device) -> float:
+    try:
+        return float(torch.cuda.utilization(device))  # needs pynvml (nvidia-ml-py)
+    except Exception:  # noqa: BLE001 - no NVML: report memory only
+        return float("nan")
+
+
+def device_metrics(device: torch.device, world: int) -> dict[str, float]:
+    """Every worker's peak GPU memory (GiB, since the last window) and utilisation (%), on
+    rank 0; {} on CPUs. A collective: every rank calls it at the same iteration."""
+    if device.type != "cuda":
+        return {}
+    mine = torch.tensor([torch.cuda.max_memory_allocated(device) / 2**30, _utilization(device)],
+                        dtype=torch.float64, device=device)
+    torch.cuda.reset_peak_memory_stats(device)
+    gathered = [mine]
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(gathered, mine)
+    out = {}
+    for rank, values in enumerate(t.tolist() for t in gathered):
+        out[f"worker{rank}/gpu_memory_peak_gb"] = values[0]
+        if values[1] == values[1]:  # not NaN
+            out[f"worker{rank}/gpu_utilization_percent"] = values[1]
+    return out
+
+
+def log_training_plots(client, run_id: str | None) -> None:
+    """Redraw the run's plots from its metric history and log them under ``plots/``.
+    A failure to draw never stops training: it is logged and skipped."""
+    if client is None or not run_id:
+        return
+    from pipelines.plots import run_histories, training_plots
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in training_plots(run_histories(client, run_id), Path(tmp)):
+                client.log_artifact(run_id, str(path), PLOTS_DIR)
+    except Exception as e:  # noqa: BLE001 - plots are a view; the checkpoint is what matters
+        log.warning(f"[train] could not draw the training plots: {e}")
