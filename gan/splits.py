@@ -42,7 +42,7 @@ def holdout_key(content_hash: str) -> int:
     return int.from_bytes(hashlib.sha256(_DOMAIN + content_hash.encode()).digest()[:8], "big")
 
 
-def _validate(holdout) -> float | int:
+def validate_holdout(holdout) -> float | int:
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float, np.integer, np.floating)):
         raise ValueError(f"holdout must be a fraction in (0, 1) or a count >= 0 of images, got {holdout!r}")
     if isinstance(holdout, (int, np.integer)):
@@ -70,7 +70,7 @@ class Holdout:
     @classmethod
     def resolve(cls, holdout: float | int, hashes: Iterable[str] | None = None) -> "Holdout":
         """The rule for a fraction (``hashes`` not needed) or a count (``hashes``: every image's hash)."""
-        spec = _validate(holdout)
+        spec = validate_holdout(holdout)
         if isinstance(spec, float):
             return cls(spec, int(spec * KEY_SPACE))
         if spec == 0:

@@ -45,9 +45,11 @@ def load_state(location: str | Path) -> dict[str, Any]:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
-def generator_from_state(state: dict[str, Any]) -> Generator:
+def generator_from_state(state: dict[str, Any], ema: bool = True) -> Generator:
+    """G from a checkpoint: its running average (``train.ema_decay``) when the run kept one
+    and ``ema``, else the trained weights themselves (the paper's plain G)."""
     g, _ = build_networks(state["config"]["model"])
-    g.load_state_dict(state["generator"])
+    g.load_state_dict(state["generator_ema"]["module"] if ema and state.get("generator_ema") else state["generator"])
     return g.eval()
 
 

@@ -57,9 +57,19 @@ class DataConfig(_Section):
         False, description="keep one image per near-duplicate cluster (the audit's semantic hash), as the DCGAN paper did")
     near_duplicate_radius: int = Field(0, ge=0, le=64, description="Hamming bits within which hashes are near-duplicates")
     shuffle: bool = True
+    holdout: float | int = Field(
+        0.05, ge=0, description="images training never reads, for held-out FID and the copying audit: a fraction in "
+        "(0, 1) or a count; chosen by content hash, so stable across re-ingests (0: none)")
     device_cache: Literal["auto", "on", "off"] = Field(
         "auto", description="hold each worker's shard on its GPU as uint8: auto = when it fits in half of the free "
         "GPU memory, on = always (an error if it cannot fit), off = stream it from host memory")
+
+    @field_validator("holdout")
+    @classmethod
+    def _holdout(cls, value):
+        from gan.splits import validate_holdout
+
+        return validate_holdout(value)
 
     @field_validator("device_cache", mode="before")
     @classmethod
@@ -83,6 +93,11 @@ class TrainConfig(_Section):
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     generator_loss: Literal["non_saturating", "minimax"] = "non_saturating"
+    ema_decay: float = Field(
+        0.999, ge=0, lt=1, description="running average of G's weights, used for evaluation, registration and "
+        "sampling (0: off, the paper's plain G)")
+    ema_rampup: float | None = Field(
+        0.05, gt=0, description="EMA warm-up: half-life at most this times the steps taken (null: no warm-up)")
     seed: int = 0
     sync_batchnorm: bool = Field(False, description="batch statistics across workers (off in the paper)")
     mixed_precision: Literal["auto", "bf16", "off"] = Field("auto", description="auto: bf16 autocast on GPUs, off on CPUs")
@@ -126,6 +141,12 @@ class EvalConfig(_Section):
     audit: bool = True
     audit_samples: int = Field(1000, ge=1)
     audit_autoencoder_steps: int = Field(2000, ge=1, description="training steps of the audit's denoising autoencoder")
+    copying_max_fraction: float = Field(
+        0.10, ge=0, lt=1, description="promotion gate: at most this fraction of samples may lie closer to a training "
+        "image (Inception features) than the 1st percentile of held-out photos")
+    copying_min_median_ratio: float = Field(
+        0.85, gt=0, description="promotion gate: samples' median distance to the training set over held-out photos' "
+        "must be at least this")
 
 
 class TrackingConfig(_Section):

@@ -26,6 +26,7 @@ import torch
 from gan.models import Generator
 
 FID_TAG, DATASET_TAG = "fid", "dataset_hash"
+BLOCKED_TAG = "promotion_blocked"  # why a version may never be champion (the copying audit's reasons)
 
 
 def _eager_copy(generator: torch.nn.Module) -> Generator:
@@ -112,17 +113,23 @@ def version_metrics(version, tracking_uri: str | None = None) -> dict[str, float
 
 def register_and_promote(generator: torch.nn.Module, name: str, fid: float, fid_metric: str, dataset_hash: str,
                          tags: dict[str, Any], metrics: dict[str, float] | None = None, dataset=None,
-                         step: int = 0) -> tuple[Any, bool, str]:
+                         step: int = 0, blocked: str | None = None) -> tuple[Any, bool, str]:
     """Log G to the active MLflow run with ``metrics`` linked to it and to ``dataset``, register
     it as a new version of ``name`` (tagged with its FID, the dataset and ``tags``; the
     tags are what the champion rule and older tools read) and promote it to ``champion``
-    if it is the best; returns (the ModelVersion, promoted, why)."""
+    if it is the best; returns (the ModelVersion, promoted, why).
+
+    ``blocked`` (why, e.g. the copying audit's verdict) registers the version but never
+    promotes it, and tags the reason on it."""
     from pipelines.provenance import git_commit
 
     info = log_generator(generator)
     measured = ({fid_metric: fid} if math.isfinite(fid) and fid_metric != "none" else {}) | dict(metrics or {})
     log_model_metrics(info.model_id, measured, dataset, step)
     version = register(info.model_uri, name, {FID_TAG: fid, "fid_metric": fid_metric, DATASET_TAG: dataset_hash,
-                                              "git_commit": git_commit(), **tags})
+                                              "git_commit": git_commit(), **tags,
+                                              **({BLOCKED_TAG: blocked} if blocked else {})})
+    if blocked:
+        return version, False, f"promotion blocked: {blocked}"
     promoted, reason = promote_if_better(name, version.version, fid, dataset_hash)
     return version, promoted, reason

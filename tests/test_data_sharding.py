@@ -61,7 +61,9 @@ def _train_loop(config):
 
 
 def _dataset(tmp_path, images: int) -> tuple[str, dict[str, str]]:
-    cfg = load_config("smoke", [f"storage={tmp_path}", f"data.synthetic_images={images}", f"model.resolution={RES}"])
+    # No held-out images: every row is a training row, which is what these tests count.
+    cfg = load_config("smoke", [f"storage={tmp_path}", f"data.synthetic_images={images}", f"model.resolution={RES}",
+                                "data.holdout=0"])
     manifest = ensure_dataset(cfg, progress=False)
     table = read_columns(cfg.dataset_uri, [KEY, PIXEL_SHA256])
     assert manifest["count"] == images == table.num_rows
@@ -128,12 +130,12 @@ def test_synthetic_source_is_the_embedded_bedrooms_and_round_trips_to_model_inpu
 
     # A second ensure_dataset reuses the complete dataset. Another recipe gets its own default
     # location; pointed at this dataset's location it is refused, naming both recipes.
-    cfg = load_config("smoke", [f"storage={tmp_path}", "data.synthetic_images=16", f"model.resolution={RES}"])
+    cfg = load_config("smoke", [f"storage={tmp_path}", "data.synthetic_images=16", f"model.resolution={RES}", "data.holdout=0"])
     assert cfg.dataset_uri == uri
     assert ensure_dataset(cfg, progress=False)["content_hash"] == manifest["content_hash"]
-    other = load_config("smoke", [f"storage={tmp_path}", "data.synthetic_images=17", f"model.resolution={RES}"])
+    other = load_config("smoke", [f"storage={tmp_path}", "data.synthetic_images=17", f"model.resolution={RES}", "data.holdout=0"])
     assert other.dataset_uri != uri
-    pinned = load_config("smoke", [f"storage={tmp_path}", "data.synthetic_images=17", f"model.resolution={RES}",
+    pinned = load_config("smoke", [f"storage={tmp_path}", "data.synthetic_images=17", f"model.resolution={RES}", "data.holdout=0",
                                    f"data.dataset={uri}"])
     with pytest.raises(RuntimeError, match="synthetic_images.*17"):
         ensure_dataset(pinned, progress=False)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pipelines import tracking
 from pipelines.config import PipelineConfig
-from pipelines.evaluation.metrics import metric_key
+from pipelines.evaluation.metrics import metric_key, ranking_metric
 from tune.sweep_config import SweepConfig
 
 
@@ -38,6 +38,12 @@ def search_space(sweep: SweepConfig) -> dict[str, Any]:
 
 
 def metric_name(cfg: PipelineConfig, metric: str) -> str:
+    """The reported metric a sweep ranks trials by: ``fid`` means FID against the held-out
+    images when the dataset has them (a trial that copies cannot win there)."""
+    if metric == "fid":
+        from pipelines.dataset.format import read_manifest
+
+        return ranking_metric(read_manifest(cfg.dataset_uri), cfg.eval.fid_samples)
     return metric_key(metric, cfg.eval.fid_samples)
 
 

@@ -37,20 +37,33 @@ import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
 from pipelines import storage
-from pipelines.dataset.format import IMAGE, SHARD_SUFFIX, decode_images, read_manifest
+from pipelines.dataset.format import IMAGE, PIXEL_SHA256, SHARD_SUFFIX, decode_images, read_manifest
 
 
 def train_dataset(uri: str, shuffle_files: bool = True, seed: int = 0):
-    """The Ray Dataset of an ingested dataset (local folder or s3://): its image column only."""
+    """The Ray Dataset of an ingested dataset's training images (local folder or s3://):
+    the image column of every row that is not held out."""
     import ray.data
     from ray.data import FileShuffleConfig
 
-    read_manifest(uri)  # fail here, with what to do, rather than deep inside a worker
+    from pipelines.dataset.rows import holdout_rule
+
+    rule = holdout_rule(read_manifest(uri))  # a missing dataset fails here, with what to do, not in a worker
     fs, path = storage.filesystem(uri)
-    return ray.data.read_parquet(
-        path, filesystem=fs, columns=[IMAGE], file_extensions=[SHARD_SUFFIX[1:]],
+    ds = ray.data.read_parquet(
+        path, filesystem=fs, columns=[IMAGE, PIXEL_SHA256] if rule.cutoff else [IMAGE],
+        file_extensions=[SHARD_SUFFIX[1:]],
         shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle_files else None,
     )
+    return ds.map_batches(_training_rows, fn_kwargs={"rule": rule}, batch_format="pyarrow") if rule.cutoff else ds
+
+
+def _training_rows(batch, rule):
+    """The batch's rows that are not held out (gan/splits.py), image column only."""
+    import pyarrow as pa
+
+    keep = ~rule.mask(batch.column(PIXEL_SHA256).to_pylist())
+    return batch.filter(pa.array(keep)).select([IMAGE])
 
 
 class _ImageBatch(ArrowBatchCollateFn):

@@ -102,7 +102,7 @@ def _shard_table(out: str) -> list[dict]:
 
 
 def ingest(source: str | Source, out: str, resolution: int, *, limit: int | None = None, shard_mb: int = 128,
-           synthetic_images: int = 4096, synthetic_seed: int = 0, progress: bool = True) -> dict:
+           synthetic_images: int = 4096, synthetic_seed: int = 0, progress: bool = True, holdout: float | int = 0) -> dict:
     """Ingest ``source`` into a new dataset at ``out`` (replacing an unfinished one); returns its manifest.
 
     Runs on the Ray cluster this process is connected to (see :func:`ensure_dataset`).
@@ -132,7 +132,8 @@ def ingest(source: str | Source, out: str, resolution: int, *, limit: int | None
     summary = ray.get(ledger.summary.remote())
     ray.kill(ledger)
 
-    manifest = _check_and_describe(out, src, resolution, summary, started, limit, synthetic_images, synthetic_seed)
+    manifest = _check_and_describe(out, src, resolution, summary, started, limit, synthetic_images, synthetic_seed,
+                                   holdout)
     storage.write_bytes(storage.join(out, MANIFEST), json.dumps(manifest, indent=1).encode())
     rate = src.count / max(manifest["ingest_seconds"], 1e-9)
     print(f"ingested {manifest['count']} images ({len(summary['skipped'])} skipped, {summary['duplicates']} "
@@ -142,7 +143,7 @@ def ingest(source: str | Source, out: str, resolution: int, *, limit: int | None
 
 
 def _check_and_describe(out: str, src: Source, resolution: int, summary: dict, started: float, limit: int | None,
-                        synthetic_images: int, synthetic_seed: int) -> dict:
+                        synthetic_images: int, synthetic_seed: int, holdout: float | int) -> dict:
     """Read the written shards back (every admitted image exactly once) and make the manifest."""
     shards = _shard_table(out)
     hashes = read_columns(out, [PIXEL_SHA256]).column(PIXEL_SHA256).to_pylist()
@@ -164,7 +165,8 @@ def _check_and_describe(out: str, src: Source, resolution: int, summary: dict, s
         "source": src.description,
         "source_kind": src.kind,
         "source_images": src.count,
-        "recipe": recipe(src.spec, limit, synthetic_images, synthetic_seed),
+        "recipe": recipe(src.spec, limit, synthetic_images, synthetic_seed, holdout),
+        "holdout": holdout_entry(holdout, hashes),
         "skipped": summary["skipped"],
         "duplicates": summary["duplicates"],
         "shards": shards,
@@ -173,12 +175,25 @@ def _check_and_describe(out: str, src: Source, resolution: int, summary: dict, s
     }
 
 
-def recipe(source: str, limit: int | None, synthetic_images: int, synthetic_seed: int) -> dict:
-    """What decides a dataset's content besides the resolution: a dataset is reused only for the same recipe."""
+def recipe(source: str, limit: int | None, synthetic_images: int, synthetic_seed: int, holdout: float | int = 0) -> dict:
+    """What decides a dataset's content and split besides the resolution: a dataset is reused
+    only for the same recipe."""
     out = {"source": source, "limit": limit}
     if source == SYNTHETIC:
         out.update(synthetic_images=synthetic_images, synthetic_seed=synthetic_seed)
+    if holdout:
+        out["holdout"] = holdout
     return out
+
+
+def holdout_entry(holdout: float | int, hashes: list[str]) -> dict:
+    """The manifest's record of the held-out split (:mod:`gan.splits`): the rule every later
+    step applies to each image's ``pixel_sha256``, and how many images it holds out."""
+    from gan.splits import Holdout
+
+    rule = Holdout.resolve(holdout, hashes)
+    held = int(rule.mask(hashes).sum())
+    return {**rule.to_manifest(), "images": held, "train_images": len(hashes) - held}
 
 
 def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
@@ -188,7 +203,8 @@ def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
     ingest (which stays, reusable, at its own location): see :func:`drop_near_duplicates`.
     """
     uri = cfg.dataset_uri
-    wanted = recipe(cfg.data.source, cfg.data.limit, cfg.data.synthetic_images, cfg.data.synthetic_seed)
+    wanted = recipe(cfg.data.source, cfg.data.limit, cfg.data.synthetic_images, cfg.data.synthetic_seed,
+                    cfg.data.holdout)
     if cfg.data.drop_near_duplicates:
         wanted["near_duplicate_radius"] = cfg.data.near_duplicate_radius
     if storage.exists(storage.join(uri, MANIFEST)):
@@ -209,7 +225,7 @@ def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
     init_ray(cfg)  # left running: the caller goes on to train on the same cluster
     return ingest(source, uri, cfg.model.resolution, limit=cfg.data.limit, shard_mb=cfg.data.shard_mb,
                   synthetic_images=cfg.data.synthetic_images, synthetic_seed=cfg.data.synthetic_seed,
-                  progress=progress)
+                  progress=progress, holdout=cfg.data.holdout)
 
 
 def drop_near_duplicates(src: str, out: str, cfg: PipelineConfig, manifest: dict, wanted_recipe: dict,
@@ -243,6 +259,7 @@ def drop_near_duplicates(src: str, out: str, cfg: PipelineConfig, manifest: dict
         kept_hashes += table.column(PIXEL_SHA256).to_pylist()
         shards.append({"file": name, "rows": table.num_rows})
     result = {**manifest, "count": len(kept_hashes), "content_hash": content_hash(kept_hashes), "shards": shards,
+              "holdout": holdout_entry(cfg.data.holdout, kept_hashes),
               "recipe": wanted_recipe, "source": f"{manifest.get('source')} without near-duplicates", "derived_from": src,
               "near_duplicates": {"radius": cfg.data.near_duplicate_radius, "clusters": len(clusters),
                                   "dropped": len(dropped), "dropped_keys": dropped},

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines import storage
-from pipelines.dataset.format import IMAGE, KEY, SHARD_SUFFIX, decode_images
+from gan.splits import Holdout
+from pipelines.dataset.format import IMAGE, KEY, PIXEL_SHA256, SHARD_SUFFIX, decode_images, read_manifest
 from pipelines.errors import PipelineError
 
 ROWS_PER_CHUNK = 4096  # one task's share of a dataset: small enough to spread, large enough to amortise
@@ -92,19 +93,40 @@ def rank_rows(total: int, rank: int, world: int) -> range:
     return range(rank * share, (rank + 1) * share)
 
 
+def holdout_rule(manifest: dict) -> Holdout:
+    """The dataset's held-out split as ingest recorded it (none for a dataset without one)."""
+    return Holdout.from_manifest(manifest["holdout"]) if manifest.get("holdout") else Holdout(0, 0)
+
+
+def split_rows(dataset_uri: str, manifest: dict | None = None,
+               rows_per_chunk: int = ROWS_PER_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Global indices of the training rows and of the held-out rows (the manifest's rule
+    applied to each row's pixel hash: disjoint, and together every row once)."""
+    manifest = manifest or read_manifest(dataset_uri)
+    rule = holdout_rule(manifest)
+    chunks = dataset_chunks(dataset_uri, rows_per_chunk)
+    if rule.cutoff == 0:
+        return np.arange(chunks[-1].first + chunks[-1].rows), np.zeros(0, np.int64)
+    held = np.concatenate([rule.mask(_chunk_table(c, [PIXEL_SHA256]).column(PIXEL_SHA256).to_pylist())
+                           for c in chunks])
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
 def read_shard(dataset_uri: str, resolution: int, rank: int, world: int,
                rows_per_chunk: int = ROWS_PER_CHUNK) -> tuple[np.ndarray, list[str]]:
-    """This worker's images (uint8 NHWC) and their keys, reading only the row groups that hold them."""
+    """This worker's training images (uint8 NHWC) and their keys: its equal share
+    (:func:`rank_rows`) of the training rows, never a held-out one."""
+    train, _ = split_rows(dataset_uri, rows_per_chunk=rows_per_chunk)
+    share = rank_rows(len(train), rank, world)
+    mine = train[share.start:share.stop]
     chunks = dataset_chunks(dataset_uri, rows_per_chunk)
-    rows = rank_rows(chunks[-1].first + chunks[-1].rows, rank, world)
-    images = np.empty((len(rows), resolution, resolution, 3), np.uint8)
-    keys: list[str] = []
+    images = np.empty((len(mine), resolution, resolution, 3), np.uint8)
+    keys = np.empty(len(mine), object)
     for chunk in chunks:
-        lo, hi = max(rows.start, chunk.first), min(rows.stop, chunk.first + chunk.rows)
-        if lo >= hi:
-            continue
-        part = Chunk(chunk.file, chunk.start + lo - chunk.first, chunk.start + hi - chunk.first, lo)
-        table = _chunk_table(part, [KEY, IMAGE])
-        images[lo - rows.start:hi - rows.start] = decode_images(table.column(IMAGE), resolution)
-        keys += table.column(KEY).to_pylist()
-    return images, keys
+        hit = np.flatnonzero((mine >= chunk.first) & (mine < chunk.first + chunk.rows))
+        if len(hit):
+            table = _chunk_table(chunk, [KEY, IMAGE])
+            local = mine[hit] - chunk.first
+            images[hit] = decode_images(table.column(IMAGE), resolution)[local]
+            keys[hit] = np.asarray(table.column(KEY).to_pylist(), object)[local]
+    return images, keys.tolist()

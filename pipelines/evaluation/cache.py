@@ -22,7 +22,7 @@ from gan import memorization as mem
 from pipelines import storage
 from pipelines.config import EvalConfig, PipelineConfig
 from pipelines.dataset.format import KEY, SHARD_SUFFIX, read_manifest
-from pipelines.dataset.rows import ROWS_PER_CHUNK, dataset_chunks
+from pipelines.dataset.rows import ROWS_PER_CHUNK, dataset_chunks, split_rows
 from pipelines.errors import EvaluationError
 from pipelines.evaluation.pool import WorkerPool, using_pool, workers_for
 
@@ -45,9 +45,10 @@ def _content_hash(manifest: dict, dataset_uri: str) -> str:
 @dataclass
 class ReferenceStats:
     stats: fid.FeatureStats
-    features: np.ndarray  # float32, a seeded random subset, for KID
+    features: np.ndarray  # float32, a seeded random subset, for KID and the copying audit
     cache_uri: str
     from_cache: bool
+    feature_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # their global row indices
     _frechet: fid.FrechetReference | None = field(default=None, repr=False)
 
     @property
@@ -60,8 +61,9 @@ class ReferenceStats:
 def reference_stats(dataset_uri: str, manifest: dict | None = None, cfg: PipelineConfig | None = None, *,
                     pool: WorkerPool | None = None, batch_size: int | None = None, kid_features: int = fid.KID_FEATURES,
                     refresh: bool = False, rows_per_chunk: int = ROWS_PER_CHUNK, progress: bool = True,
-                    images: int | None = None) -> ReferenceStats:
-    """Inception statistics of the training data, computed once and cached beside the dataset.
+                    images: int | None = None, split: str = "train") -> ReferenceStats:
+    """Inception statistics of the training images (``split="train"``) or of the held-out
+    ones (``"heldout"``), computed once and cached beside the dataset.
 
     Without a ``pool``, a ``cfg`` with several workers or GPUs spreads the work over Ray
     actors like its training workers (:func:`workers_for`); else it runs here.
@@ -70,18 +72,24 @@ def reference_stats(dataset_uri: str, manifest: dict | None = None, cfg: Pipelin
     manifest = manifest or read_manifest(dataset_uri)
     limit = images or (cfg.eval.reference_images if cfg else None)
     recipe = {"content_hash": _content_hash(manifest, dataset_uri), "extractor": fid.feature_extractor_id(),
-              "kid_features": kid_features, "kid_seed": 0, "images": limit}
+              "kid_features": kid_features, "kid_seed": 0, "images": limit, "split": split,
+              "holdout": manifest.get("holdout", {}).get("cutoff")}
     cache = _cache_uri(dataset_uri, "inception", recipe)
     if not refresh and storage.exists(cache):
         loaded = fid.load_stats(storage.read_bytes(cache))
         if loaded.meta.get("recipe") == json.dumps(recipe, sort_keys=True):
-            return ReferenceStats(loaded.stats, loaded.features, cache, from_cache=True)
+            return ReferenceStats(loaded.stats, loaded.features, cache, from_cache=True,
+                                  feature_rows=np.asarray(json.loads(loaded.meta.get("feature_rows", "[]")), np.int64))
     chunks = dataset_chunks(dataset_uri, rows_per_chunk)
-    total = chunks[-1].first + chunks[-1].rows
-    # A seeded subset of the training images when eval.reference_images caps them (the
-    # usual FID reference is 50k images, not all 3M LSUN bedrooms); KID keeps a subset of those.
-    rows = np.arange(total) if not limit or limit >= total else np.sort(
-        np.random.default_rng(0).choice(total, limit, replace=False))
+    train, heldout = split_rows(dataset_uri, manifest, rows_per_chunk)
+    pool_rows = train if split == "train" else heldout
+    if len(pool_rows) < 2:
+        raise EvaluationError(f"the {split} split of {dataset_uri} has {len(pool_rows)} images: statistics need at least "
+                              "2 (set data.holdout and ingest again for held-out statistics)")
+    # A seeded subset of the images when eval.reference_images caps them (the usual FID
+    # reference is 50k images, not all 3M LSUN bedrooms); KID keeps a subset of those.
+    rows = pool_rows if not limit or limit >= len(pool_rows) else np.sort(
+        np.random.default_rng(0).choice(pool_rows, limit, replace=False))
     keep = np.sort(np.random.default_rng(1).choice(rows, min(kid_features, len(rows)), replace=False))
     chunks = [c for c in chunks if np.any((rows >= c.first) & (rows < c.first + c.rows))]
     workers, use_gpu = (workers_for(cfg), cfg.scaling.use_gpu) if cfg else (0, False)
@@ -92,8 +100,8 @@ def reference_stats(dataset_uri: str, manifest: dict | None = None, cfg: Pipelin
     stats = sum((p[0] for p in parts), fid.FeatureStats.empty())
     features = np.concatenate([p[2] for p in parts])
     storage.write_bytes(cache, stats.to_npz(features=features, recipe=json.dumps(recipe, sort_keys=True),
-                                            dataset=dataset_uri))
-    return ReferenceStats(stats, features, cache, from_cache=False)
+                                            dataset=dataset_uri, feature_rows=json.dumps(keep.tolist())))
+    return ReferenceStats(stats, features, cache, from_cache=False, feature_rows=keep)
 
 
 

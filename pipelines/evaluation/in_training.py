@@ -8,12 +8,14 @@ import torch
 from gan import fid
 from pipelines.config import PipelineConfig
 from pipelines.evaluation.cache import ReferenceStats, reference_stats
-from pipelines.evaluation.metrics import fid_kid
+from pipelines.dataset.format import read_manifest
+from pipelines.evaluation.metrics import fid_kid, has_heldout
 from pipelines.evaluation.pool import EvaluationWorker
 
 
 class TrainingEvaluator:
-    """``evaluator(generator, iteration) -> {fid_<n>, kid_<n>, kid_<n>_std}`` for the training loop.
+    """``evaluator(generator, iteration) -> {fid_<n>, kid_<n>, kid_<n>_std}`` (and the same
+    ``_heldout`` against held-out images when the dataset has them) for the training loop.
 
     Call it on every rank of a torch.distributed group (or in a single process): each
     rank generates and embeds its share of the samples on the generator's device, the
@@ -27,11 +29,24 @@ class TrainingEvaluator:
     def __init__(self, cfg: PipelineConfig, manifest: dict | None = None, samples: int | None = None, seed: int = 0):
         self.cfg, self.manifest, self.seed = cfg, manifest, seed
         self.samples = samples or cfg.eval.fid_samples
-        self._reference: ReferenceStats | None = None
+        self._reference: dict[str, ReferenceStats] = {}
         self._worker: EvaluationWorker | None = None
 
     def __getstate__(self):  # Ray ships the evaluator to the workers: not the loaded networks
-        return {**self.__dict__, "_reference": None, "_worker": None}
+        return {**self.__dict__, "_reference": {}, "_worker": None}
+
+    def _splits(self) -> list[tuple[str, str]]:
+        """Against the training images, and the held-out ones when the dataset has them (what
+        the sweep's scheduler and the champion rule compare)."""
+        self.manifest = self.manifest or read_manifest(self.cfg.dataset_uri)
+        return [("train", "")] + ([("heldout", "_heldout")] if has_heldout(self.manifest) else [])
+
+    def _references(self, split: str) -> ReferenceStats:
+        if split not in self._reference:
+            self._reference[split] = reference_stats(self.cfg.dataset_uri, self.manifest, split=split,
+                                                     batch_size=self.cfg.eval.batch_size,
+                                                     images=self.cfg.eval.reference_images)
+        return self._reference[split]
 
     def __call__(self, generator: torch.nn.Module, iteration: int) -> dict[str, float]:
         import torch.distributed as dist
@@ -48,10 +63,9 @@ class TrainingEvaluator:
             stats, features = _merged_over_ranks(stats, features, device if dist.get_backend() == "nccl" else "cpu")
         metrics = None
         if rank == 0:
-            if self._reference is None:
-                self._reference = reference_stats(self.cfg.dataset_uri, self.manifest, batch_size=self.cfg.eval.batch_size,
-                                                  images=self.cfg.eval.reference_images)
-            metrics = fid_kid(self._reference, stats, features, self.cfg, self.seed)
+            metrics = {}
+            for split, against in self._splits():
+                metrics |= fid_kid(self._references(split), stats, features, self.cfg, self.seed, against)
         if distributed:
             box = [metrics]
             dist.broadcast_object_list(box, src=0)

@@ -28,9 +28,22 @@ def metric_key(metric: str, samples: int) -> str:
 
 
 def fid_kid(reference: ReferenceStats, stats: fid.FeatureStats, features: np.ndarray, cfg: PipelineConfig,
-            seed: int = 0) -> dict[str, float]:
-    """fid_<n>, kid_<n> and kid_<n>_std of generated samples' statistics and (some of) their features."""
+            seed: int = 0, against: str = "") -> dict[str, float]:
+    """fid<against>_<n>, kid<against>_<n> and kid<against>_<n>_std of generated samples'
+    statistics and (some of) their features; ``against="_heldout"`` names the held-out ones."""
     kid, kid_std = fid.kernel_inception_distance(reference.features, features, cfg.eval.kid_subsets,
                                                  cfg.eval.kid_subset_size, seed)
-    return {metric_key("fid", stats.count): reference.frechet.distance(stats.mean, stats.covariance),
-            metric_key("kid", stats.count): kid, metric_key("kid", stats.count) + "_std": kid_std}
+    return {metric_key("fid" + against, stats.count): reference.frechet.distance(stats.mean, stats.covariance),
+            metric_key("kid" + against, stats.count): kid, metric_key("kid" + against, stats.count) + "_std": kid_std}
+
+
+def has_heldout(manifest: dict) -> bool:
+    """Whether the dataset holds images out of training (see gan/splits.py)."""
+    return manifest.get("holdout", {}).get("images", 0) >= 2
+
+
+def ranking_metric(manifest: dict, samples: int) -> str:
+    """What the champion rule and the sweep's scheduler compare: FID against the held-out
+    images when the dataset has them (a model that copies its training set cannot win
+    there), else against the training images."""
+    return metric_key("fid_heldout" if has_heldout(manifest) else "fid", samples)

@@ -48,7 +48,8 @@ def evaluate_step(cfg: PipelineConfig, uri: str, parent_id: str, generator, mani
         log_dataset(manifest, cfg.dataset_uri, "evaluation")
         result = evaluate_generator(generator, cfg.dataset_uri, cfg, manifest=manifest, pool=pool)
         log_to_mlflow(result, uri, run_id=active.info.run_id, step=cfg.train.iterations)
-    return result.metrics | ({"audit": result.audit} if result.audit is not None else {})
+    return result.metrics | ({"audit": result.audit} if result.audit is not None else {}) \
+        | ({"copying": result.copying} if result.copying is not None else {})
 
 
 def register_step(cfg: PipelineConfig, generator, manifest: dict, evaluation: dict) -> dict:
@@ -57,16 +58,21 @@ def register_step(cfg: PipelineConfig, generator, manifest: dict, evaluation: di
     from pipelines import registry
     from pipelines.lineage import mlflow_dataset
 
-    fid_key = next((k for k in evaluation if k.startswith("fid")), None)
+    from pipelines.evaluation.metrics import ranking_metric
+
+    # Held-out FID when the dataset has held-out images: a model that copies cannot win on it.
+    ranked = ranking_metric(manifest, cfg.eval.fid_samples)
+    fid_key = ranked if ranked in evaluation else next((k for k in evaluation if k.startswith("fid")), None)
     kid_key = next((k for k in evaluation if k.startswith("kid") and not k.endswith("std")), None)
-    audit = evaluation.get("audit") or {}
+    audit, copying = evaluation.get("audit") or {}, evaluation.get("copying") or {}
     name = cfg.registered_model_name
     version, promoted, reason = registry.register_and_promote(
         generator, name, float(evaluation[fid_key]) if fid_key else float("inf"), fid_key or "none",
         manifest["content_hash"], {"kid": evaluation.get(kid_key, "none"), "resolution": cfg.model.resolution,
                                    "audit_exact_collision_fraction": audit.get("exact_collision_fraction", "none")},
         metrics={k: v for k, v in evaluation.items() if isinstance(v, (int, float))},
-        dataset=mlflow_dataset(manifest, cfg.dataset_uri), step=cfg.train.iterations)
+        dataset=mlflow_dataset(manifest, cfg.dataset_uri), step=cfg.train.iterations,
+        blocked="; ".join(copying.get("reasons", [])) if copying.get("copying") else None)
     print(f"[run] registered {name} version {version.version} (challenger); "
           f"{'champion: ' if promoted else 'not champion: '}{reason}", flush=True)
     return {"name": name, "version": version.version, "champion": promoted}

@@ -32,7 +32,8 @@ def build_feed(worker, shard) -> Iterator[torch.Tensor]:
 
     cfg = worker.cfg
     manifest = read_manifest(cfg.dataset_uri)
-    shard_bytes = manifest["count"] // worker.world * 3 * cfg.model.resolution ** 2
+    images = manifest.get("holdout", {}).get("train_images", manifest["count"])  # held-out images are never read
+    shard_bytes = images // worker.world * 3 * cfg.model.resolution ** 2
     if _every_rank_can_hold(shard_bytes, worker):
         images, keys = read_shard(cfg.dataset_uri, cfg.model.resolution, worker.rank, worker.world)
         feed, decision = make_feed(images, keys, cfg.train.batch_size, cfg.train.seed, worker.rank,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from gan.images import grid
+from gan.ema import GeneratorEMA
 from gan.training import AdversarialStep, DataPosition, make_optimizers, unwrap
 from pipelines import tracking
 from pipelines.checkpoints import build_networks, load_state, save_state
@@ -67,6 +68,7 @@ class Worker:
     tracking_uri: str | None = None
     run_id: str | None = None
     evaluator: Callable | None = None
+    ema: GeneratorEMA | None = None  # the running average of G (train.ema_decay > 0)
     stop_signal: Any = None  # the driver's StopSignal actor (pipelines.training.stopping), or None
     stopping: bool = False  # the job was stopped: write a final checkpoint and return
     position: DataPosition = field(default_factory=DataPosition)
@@ -79,6 +81,11 @@ class Worker:
     @property
     def g_bare(self) -> torch.nn.Module:
         return unwrap(self.g)
+
+    @property
+    def g_eval(self) -> torch.nn.Module:
+        """The generator evaluation, grids and registration use: the running average when on."""
+        return self.ema.module if self.ema is not None else self.g_bare
 
     @property
     def d_bare(self) -> torch.nn.Module:
@@ -164,7 +171,8 @@ def build_networks_and_step(loop_config: dict[str, Any]) -> Worker:
     return Worker(cfg=cfg, rank=rank, world=world, g=g, d=d, opt_g=opt_g, opt_d=opt_d, step=step, noise=noise,
                   fixed_noise=fixed_noise.to(device), tracking_uri=loop_config.get("tracking_uri"),
                   run_id=loop_config.get("mlflow_run_id"), evaluator=loop_config.get("evaluator"),
-                  stop_signal=loop_config.get("stop_signal"))
+                  stop_signal=loop_config.get("stop_signal"),
+                  ema=GeneratorEMA(unwrap(g), cfg.train.ema_decay, cfg.train.ema_rampup) if cfg.train.ema_decay else None)
 
 
 def restore(worker: Worker, ray_checkpoint) -> None:
@@ -184,6 +192,8 @@ def restore(worker: Worker, ray_checkpoint) -> None:
     worker.fixed_noise = state["fixed_noise"].to(worker.fixed_noise.device)
     worker.start = state["iteration"]
     worker.position = DataPosition(*state["data_position"])
+    if worker.ema is not None and state.get("generator_ema"):
+        worker.ema.load_state_dict(state["generator_ema"])
     worker.restored = state
     if worker.rank == 0:
         log.info(f"[train] resumed at iteration {worker.start} (epoch {worker.position.epoch}, "
@@ -210,7 +220,10 @@ def train_iteration(worker: Worker, batches: Iterator[torch.Tensor], iteration: 
         log.info(f"[train] fault injection: rank {worker.rank} exits at iteration {iteration}")
         os._exit(1)
     worker.noise.manual_seed(iteration_seed(cfg.train.seed, worker.rank, iteration))
-    return worker.step(batches)
+    metrics = worker.step(batches)
+    if worker.ema is not None:
+        worker.ema.update(worker.g)  # identical on every rank: DDP keeps the replicas equal
+    return metrics
 
 
 def log_window(worker: Worker, window: list[dict[str, torch.Tensor]], iteration: int, t_window: float) -> dict[str, float]:
@@ -247,11 +260,12 @@ def log_sample_grid(worker: Worker, iteration: int) -> None:
     ``iteration`` (the run page's image slider walks through them)."""
     if worker.rank != 0 or not (worker.tracking_uri and worker.run_id):
         return
-    g = worker.g_bare
+    g = worker.g_eval
+    was_training = g.training
     g.eval()
     with torch.no_grad():
         images = g(worker.fixed_noise)
-    g.train()
+    g.train(was_training)
     worker.metrics.client.log_image(worker.run_id, grid(images, nrow=8), key=SAMPLES_KEY, step=iteration,
                                     synchronous=True)
 
@@ -268,7 +282,7 @@ def evaluate(worker: Worker, iteration: int) -> dict[str, float]:
     if worker.evaluator is None or not every or not (iteration % every == 0 or iteration == cfg.train.iterations):
         return {}
     t_eval = time.perf_counter()
-    scores = worker.evaluator(worker.g_bare, iteration)
+    scores = worker.evaluator(worker.g_eval, iteration)
     worker.eval_seconds += time.perf_counter() - t_eval
     if worker.rank == 0 and scores:
         worker.metrics.add(iteration, scores)
@@ -289,6 +303,7 @@ def training_state(worker: Worker, iteration: int, report: dict[str, float]) -> 
     """Everything a resume needs, and the metrics MLflow has not committed yet."""
     return {
         "generator": worker.g_bare.state_dict(), "discriminator": worker.d_bare.state_dict(),
+        "generator_ema": worker.ema.state_dict() if worker.ema is not None else None,
         "opt_g": worker.opt_g.state_dict(), "opt_d": worker.opt_d.state_dict(),
         "iteration": iteration, "data_position": (worker.position.epoch, worker.position.batch),
         "fixed_noise": worker.fixed_noise.cpu(), "config": worker.cfg.model_dump(),

@@ -79,10 +79,13 @@ def make_evaluator(cfg: PipelineConfig, manifest: dict) -> Callable | None:
     if not cfg.eval.fid_every:
         return None
     from pipelines.evaluation.cache import reference_stats
+    from pipelines.evaluation.metrics import has_heldout
     from pipelines.evaluation.in_training import TrainingEvaluator
 
     # Computed (or found in the cache) here, before training, not by rank 0 alone mid-run.
     reference_stats(cfg.dataset_uri, manifest, cfg)
+    if has_heldout(manifest):
+        reference_stats(cfg.dataset_uri, manifest, cfg, split="heldout")
     return TrainingEvaluator(cfg, manifest)
 
 
