@@ -177,12 +177,35 @@ def test_a_killed_run_ends_with_the_weights_of_an_uninterrupted_one(ray_local, t
     assert clean.error is None and killed.error is None
     a, b = load_state(train.checkpoint_uri(clean)), load_state(train.checkpoint_uri(killed))
     assert a["iteration"] == b["iteration"] == 10 and a["data_position"] == b["data_position"]
-    for net in ("generator", "discriminator"):
-        for key, value in a[net].items():
-            other = b[net][key]
+    assert a["generator_ema"]["steps"] == b["generator_ema"]["steps"] == 10  # the running average resumed too
+    for net, weights, others in (("generator", a["generator"], b["generator"]),
+                                 ("discriminator", a["discriminator"], b["discriminator"]),
+                                 ("generator_ema", a["generator_ema"]["module"], b["generator_ema"]["module"])):
+        for key, value in weights.items():
+            other = others[key]
             if value.is_floating_point():
                 assert torch.allclose(value, other, rtol=1e-6, atol=0), f"{net}.{key} differs after the resume"
             else:
                 assert torch.equal(value, other), f"{net}.{key} differs after the resume"
     # the failure really happened: the killed run's second attempt started from iteration 4
     assert (tmp_path / "killed" / "checkpoints").exists()
+
+
+def test_checkpoints_keep_the_running_average_of_g(ray_local, tmp_path, dataset):
+    """train.ema_decay: the checkpoint holds G's running average beside G itself; evaluation,
+    registration and `dcgan generate` load the average, and the paper's plain G stays there."""
+    from pipelines.checkpoints import generator_from_state
+
+    cfg = smoke(tmp_path / "ema", dataset, "train.iterations=4", "train.checkpoint_every=4", "train.ema_decay=0.5",
+                "train.ema_rampup=null")
+    state = load_state(train.checkpoint_uri(train.fit(cfg, run_name=train.unique_run_name(cfg))))
+    assert state["generator_ema"]["steps"] == 4 and state["generator_ema"]["decay"] == 0.5
+    plain, averaged = generator_from_state(state, ema=False), generator_from_state(state)
+    key = "main.to_rgb.0.weight"
+    assert torch.equal(plain.state_dict()[key], state["generator"][key])
+    assert not torch.equal(averaged.state_dict()[key], plain.state_dict()[key])
+
+    off = smoke(tmp_path / "off", dataset, "train.iterations=2", "train.checkpoint_every=2", "train.ema_decay=0")
+    state = load_state(train.checkpoint_uri(train.fit(off, run_name=train.unique_run_name(off))))
+    assert state["generator_ema"] is None
+    assert torch.equal(generator_from_state(state).state_dict()[key], state["generator"][key])

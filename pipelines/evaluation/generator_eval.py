@@ -79,9 +79,9 @@ def evaluate_generator(generator: torch.nn.Module, dataset_uri: str, cfg: Pipeli
         stats, features, images = _generate(pool, generator, n, max(m, GRID_SAMPLES), seed, cfg, samples_per_task)
         metrics = fid_kid(ref, stats, features, cfg, seed)
         if has_heldout(manifest):
-            held, copying, copying_grid = heldout_evaluation(ref, stats, features, images, dataset_uri, manifest, cfg,
-                                                             pool=pool, out_dir=out_dir, seed=seed, progress=progress,
-                                                             rows_per_chunk=rows_per_chunk)
+            held, copying, copying_grid = heldout_evaluation(
+                ref, stats, features, images, dataset_uri, manifest, cfg, train_fid=metrics[metric_key("fid", n)],
+                pool=pool, out_dir=out_dir, seed=seed, progress=progress, rows_per_chunk=rows_per_chunk)
             metrics |= held
             grids |= {"copying": copying_grid} if copying_grid else {}
         index = audit_index(dataset_uri, manifest, pool=pool, rows_per_chunk=rows_per_chunk,

@@ -33,7 +33,7 @@ COPYING_GRID_PAIRS = 16
 
 
 def heldout_evaluation(reference: ReferenceStats, stats: fid.FeatureStats, features: np.ndarray, images: np.ndarray,
-                       dataset_uri: str, manifest: dict, cfg: PipelineConfig, *, pool: WorkerPool,
+                       dataset_uri: str, manifest: dict, cfg: PipelineConfig, *, train_fid: float, pool: WorkerPool,
                        out_dir: Path, seed: int = 0, progress: bool = True,
                        rows_per_chunk: int = ROWS_PER_CHUNK) -> tuple[dict[str, float], dict, Path | None]:
     """(metrics, the copying report, a grid of the closest sample/training pairs) of generated
@@ -42,7 +42,7 @@ def heldout_evaluation(reference: ReferenceStats, stats: fid.FeatureStats, featu
                               rows_per_chunk=rows_per_chunk, progress=progress, images=cfg.eval.reference_images)
     n = stats.count
     metrics = fid_kid(heldout, stats, features, cfg, seed, against="_heldout")
-    metrics[metric_key("fid_gap", n)] = metrics[metric_key("fid_heldout", n)] - metrics[metric_key("fid", n)]
+    metrics[metric_key("fid_gap", n)] = metrics[metric_key("fid_heldout", n)] - train_fid
     device = "cuda" if torch.cuda.is_available() else "cpu"
     manifold = manifold_metrics(heldout.features, features, device=device)
     metrics |= {metric_key(name, manifold.fake_count): value for name, value in manifold.as_metrics().items()}
