@@ -94,8 +94,8 @@ class TrainConfig(_Section):
     beta2: float = Field(0.999, ge=0, lt=1)
     generator_loss: Literal["non_saturating", "minimax"] = "non_saturating"
     ema_decay: float = Field(
-        0.999, ge=0, lt=1, description="running average of G's weights, used for evaluation, registration and "
-        "sampling (0: off, the paper's plain G)")
+        0.0, ge=0, lt=1, description="running average of G's weights, used for evaluation, registration and "
+        "sampling when on (e.g. 0.999); 0: off, the paper's plain G (benchmarks/quality.py measured EMA worse)")
     ema_rampup: float | None = Field(
         0.05, gt=0, description="EMA warm-up: half-life at most this times the steps taken (null: no warm-up)")
     seed: int = 0

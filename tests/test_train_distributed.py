@@ -169,7 +169,7 @@ def test_a_killed_run_ends_with_the_weights_of_an_uninterrupted_one(ray_local, t
     """A worker dies mid-epoch; the group resumes from the last checkpoint and must see
     exactly the batches (and noise) the uninterrupted run saw: the same final G and D."""
     common = ["data.shuffle=true", f"scaling.num_workers={workers}", "train.iterations=10", "train.checkpoint_every=4",
-              "train.log_every=2", "train.batch_size=16", "train.deterministic=true"]
+              "train.log_every=2", "train.batch_size=16", "train.deterministic=true", "train.ema_decay=0.999"]
     clean_cfg = smoke(tmp_path / "clean", dataset, *common)
     clean = train.fit(clean_cfg, run_name=train.unique_run_name(clean_cfg))
     killed_cfg = smoke(tmp_path / "killed", dataset, *common, "train.fail_at_iteration=7", "scaling.max_failures=2")
