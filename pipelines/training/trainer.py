@@ -42,7 +42,7 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
         raise ValueError(f"model.resolution is {cfg.model.resolution} but the dataset at {cfg.dataset_uri} holds "
                          f"{manifest['resolution']}px images: ingest it at {cfg.model.resolution}px or change model.resolution")
     fs, path = storage.filesystem(cfg.checkpoints_uri)
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.worker_resources}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
@@ -50,7 +50,8 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
         train_loop_config={"pipeline": cfg.model_dump(), "tracking_uri": tracking_uri,
                            "mlflow_run_id": mlflow_run_id, "evaluator": evaluator},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=cfg.scaling.placement_strategy),
         run_config=RunConfig(
             name=run_name, storage_path=path, storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
@@ -62,7 +63,21 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
         # For shards too big to hold in memory; a worker that holds its shard never reads it.
         datasets={"train": _quiet(train_dataset(cfg.dataset_uri))},
     )
-    return trainer.fit()
+    return _finished(cfg, trainer.fit(), tracking_uri)
+
+
+def _finished(cfg: PipelineConfig, result, tracking_uri: str | None):
+    """The result of a run that trained every iteration; a run that stopped early without
+    an error stopped because MLflow stayed away (pipelines.training.outages): say so."""
+    done = (result.metrics or {}).get("iteration", cfg.train.iterations)
+    if result.error is None and done < cfg.train.iterations:
+        where = checkpoint_uri(result) if result.checkpoint else "(none)"
+        raise tracking.TrackingUnavailable(
+            f"training stopped after the checkpoint of iteration {done} of {cfg.train.iterations}: the MLflow "
+            f"tracking server {tracking_uri} did not answer for more than tracking.outage_timeout_s="
+            f"{cfg.tracking.outage_timeout_s:g}s. The checkpoint {where} holds the metrics not yet logged; once the "
+            f"server is back, continue with train.resume_from={where}")
+    return result
 
 
 def _quiet(dataset):
