@@ -110,7 +110,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if iteration % worker.cfg.train.checkpoint_every == 0 or iteration == total or scores:
             outages.wait_for_storage(worker, iteration)
             checkpoint_and_report(worker, iteration, last | scores)  # (4)
-            if outages.tracking_lost(worker):
+            if outages.after_checkpoint(worker, iteration):
                 return
 
 

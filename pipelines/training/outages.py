@@ -4,7 +4,7 @@
   keeps what it could not send (inside every checkpoint too) and delivers it, in step
   order, at the first checkpoint after the server is back. A sample grid that cannot be
   uploaded is skipped with a warning. Past ``tracking.outage_timeout_s`` every rank
-  stops right after a checkpoint (:func:`tracking_lost`); the driver sees a run that
+  stops right after a checkpoint (:func:`after_checkpoint`); the driver sees a run that
   ended before its last iteration and fails naming the tracking URI
   (:func:`pipelines.training.trainer.fit`).
 - Storage away at a checkpoint: rank 0 (the rank that uploads it) waits for the
@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 import torch
@@ -40,17 +41,34 @@ def wait_for_storage(worker, iteration: int) -> None:
                     f"{iteration}")
 
 
-def tracking_lost(worker) -> bool:
-    """Whether MLflow has been away longer than ``tracking.outage_timeout_s`` (rank 0
-    knows; a broadcast tells every rank, so all stop after the same checkpoint)."""
+def after_checkpoint(worker, iteration: int) -> bool:
+    """Whether every rank stops now: MLflow has been away longer than
+    ``tracking.outage_timeout_s`` (rank 0 knows; a broadcast tells every rank, so all
+    stop after the same checkpoint). After the last checkpoint, rank 0 first waits for
+    the server to take what it still holds (up to the same deadline)."""
     import torch.distributed as dist
 
-    lost = torch.tensor([int(worker.rank == 0 and worker.metrics.outage_exceeded())])
+    metrics = worker.metrics
+    if worker.rank == 0 and metrics.down_since is not None:
+        log.warning(f"[train] MLflow tracking server {worker.tracking_uri} away for {metrics.outage_seconds():.0f}s: "
+                    f"{len(metrics.pending)} metric points kept (in the checkpoint too), training goes on")
+        if iteration == worker.cfg.train.iterations:
+            _drain(metrics)
+    lost = torch.tensor([int(worker.rank == 0 and metrics.outage_exceeded())])
     if dist.is_available() and dist.is_initialized():
         dist.broadcast(lost, src=0)
     if lost.item() and worker.rank == 0:
-        log.error("[train] stopping after this checkpoint: " + worker.metrics.outage_message())
+        log.error("[train] stopping after this checkpoint: " + metrics.outage_message())
     return bool(lost.item())
+
+
+def _drain(metrics: tracking.MetricBuffer, every_s: float = 2.0) -> None:
+    """The run's last metrics: retry until the server takes them or the deadline passes."""
+    while metrics.pending and not metrics.outage_exceeded():
+        time.sleep(every_s)
+        metrics.flush()
+    if not metrics.pending:
+        log.info(f"[train] MLflow tracking server {metrics.tracking_uri} is back: every metric delivered")
 
 
 def best_effort(worker, fn: Callable, *args: Any) -> None:

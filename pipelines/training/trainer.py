@@ -116,6 +116,22 @@ def run_training(cfg: PipelineConfig, parent_run_id: str | None = None):
         result = fit(cfg, run_name=run_name, tracking_uri=tracking_uri, mlflow_run_id=active.info.run_id,
                      evaluator=evaluator)
         if result.error:
+            _name_last_checkpoint(result)
             raise result.error
         mlflow.set_tag(tracking.CHECKPOINT_TAG, checkpoint_uri(result) if result.checkpoint else "")
         return active.info.run_id, result, manifest
+
+
+def _name_last_checkpoint(result) -> None:
+    """A failed run: tag and print its last complete checkpoint, where a resume starts."""
+    import mlflow
+
+    if result.checkpoint is None:
+        return
+    where = checkpoint_uri(result)
+    print(f"training failed; its last complete checkpoint is {where}: continue with train.resume_from={where}",
+          flush=True)
+    try:
+        mlflow.set_tag(tracking.CHECKPOINT_TAG, where)
+    except Exception:  # noqa: BLE001 - the training error is the one to report
+        pass
