@@ -152,16 +152,14 @@ class MultiNode:
         return None
 
     def lose_node(self, name: str) -> list[int]:
-        """Kill every process of node ``name`` at once; returns the PIDs of the Ray workers it held."""
-        node_id = self.node_id(name)
-        pids = [w["pid"] for w in self.state("workers", node_id=node_id) if w.get("pid")]
-        self.nodes.pop(name).kill()
-        for pid in pids:  # a worker that outlived its raylet for a moment: by PID too
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        wait_until(lambda: all(n["node_id"] != node_id for n in self.alive_nodes()), 120, f"Ray noticing {name} is gone")
+        """Kill every process of node ``name`` at once (SIGKILL to its process group: the
+        raylet, its object store, its Ray workers); returns their PIDs. At once means no
+        State API call first: on a busy machine that takes seconds, and the run goes on."""
+        node = self.nodes.pop(name)
+        pids = _group_pids(node.pid)
+        node.kill()
+        wait_until(lambda: not _group_pids(node.pid), 10, f"every process of {name} gone", every=0.1)
+        wait_until(lambda: self.node_id(name) is None, 120, f"Ray noticing {name} is gone")
         return pids
 
     def train_workers(self) -> list[tuple[str, int]]:
@@ -204,6 +202,20 @@ class MultiNode:
         self.s3.stop()
         for temp in Path("/tmp").glob(f"rn-{os.getpid()}-*"):
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """PIDs of the live (not zombie) processes in process group pgid, from /proc."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                pids.append(int(proc.name))
+    return pids
 
 
 def _auth_header() -> dict[str, str]:

@@ -69,8 +69,11 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
 def _finished(cfg: PipelineConfig, result, tracking_uri: str | None):
     """The result of a run that trained every iteration; a run that stopped early without
     an error stopped because MLflow stayed away (pipelines.training.outages): say so."""
+    if result.error is not None:
+        _storage_down(cfg, result)
+        return result
     done = (result.metrics or {}).get("iteration", cfg.train.iterations)
-    if result.error is None and done < cfg.train.iterations:
+    if done < cfg.train.iterations:
         where = checkpoint_uri(result) if result.checkpoint else "(none)"
         raise tracking.TrackingUnavailable(
             f"training stopped after the checkpoint of iteration {done} of {cfg.train.iterations}: the MLflow "
@@ -78,6 +81,25 @@ def _finished(cfg: PipelineConfig, result, tracking_uri: str | None):
             f"{cfg.tracking.outage_timeout_s:g}s. The checkpoint {where} holds the metrics not yet logged; once the "
             f"server is back, continue with train.resume_from={where}")
     return result
+
+
+def _storage_down(cfg: PipelineConfig, result) -> None:
+    """A run that failed while its S3 storage does not answer (a checkpoint's upload, or
+    Ray Train's own record of its checkpoints): say that, and where to resume from, rather
+    than Ray's traceback. Ray Train registers a checkpoint only once its upload is done,
+    so the one named is complete."""
+    if not storage.is_s3(cfg.checkpoints_uri):
+        return
+    try:
+        storage.check_writable(cfg.checkpoints_uri)
+        return
+    except storage.StorageError as e:
+        down = str(e)
+    where = checkpoint_uri(result) if result.checkpoint else None
+    then = (f"The last complete checkpoint is {where}; once the storage is back, continue with "
+            f"train.resume_from={where}" if where else "No checkpoint was completed; run it again once it is back.")
+    raise storage.StorageError(f"training stopped: its checkpoint storage does not answer ({down}). {then}") \
+        from result.error
 
 
 def _quiet(dataset):
