@@ -63,17 +63,19 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
         # For shards too big to hold in memory; a worker that holds its shard never reads it.
         datasets={"train": _quiet(train_dataset(cfg.dataset_uri))},
     )
-    return _finished(cfg, trainer.fit(), tracking_uri)
+    try:
+        result = trainer.fit()  # Ray Train V2 raises the run's error here
+    except Exception as e:
+        _storage_down(cfg, run_name, e)
+        raise
+    return _finished(cfg, result, tracking_uri)
 
 
 def _finished(cfg: PipelineConfig, result, tracking_uri: str | None):
     """The result of a run that trained every iteration; a run that stopped early without
     an error stopped because MLflow stayed away (pipelines.training.outages): say so."""
-    if result.error is not None:
-        _storage_down(cfg, result)
-        return result
     done = (result.metrics or {}).get("iteration", cfg.train.iterations)
-    if done < cfg.train.iterations:
+    if result.error is None and done < cfg.train.iterations:
         where = checkpoint_uri(result) if result.checkpoint else "(none)"
         raise tracking.TrackingUnavailable(
             f"training stopped after the checkpoint of iteration {done} of {cfg.train.iterations}: the MLflow "
@@ -83,11 +85,11 @@ def _finished(cfg: PipelineConfig, result, tracking_uri: str | None):
     return result
 
 
-def _storage_down(cfg: PipelineConfig, result) -> None:
+def _storage_down(cfg: PipelineConfig, run_name: str, error: Exception) -> None:
     """A run that failed while its S3 storage does not answer (a checkpoint's upload, or
-    Ray Train's own record of its checkpoints): say that, and where to resume from, rather
-    than Ray's traceback. Ray Train registers a checkpoint only once its upload is done,
-    so the one named is complete."""
+    Ray Train's own record of its checkpoints): say that, and how to resume, rather than
+    Ray's traceback. A checkpoint folder holds one file, written by one atomic PUT, so
+    ``train.resume_from=<the run's folder>`` picks its newest complete checkpoint."""
     if not storage.is_s3(cfg.checkpoints_uri):
         return
     try:
@@ -95,11 +97,10 @@ def _storage_down(cfg: PipelineConfig, result) -> None:
         return
     except storage.StorageError as e:
         down = str(e)
-    where = checkpoint_uri(result) if result.checkpoint else None
-    then = (f"The last complete checkpoint is {where}; once the storage is back, continue with "
-            f"train.resume_from={where}" if where else "No checkpoint was completed; run it again once it is back.")
-    raise storage.StorageError(f"training stopped: its checkpoint storage does not answer ({down}). {then}") \
-        from result.error
+    run_dir = storage.join(cfg.checkpoints_uri, run_name)
+    raise storage.StorageError(
+        f"training stopped: its checkpoint storage does not answer ({down}). Its checkpoints are under {run_dir}; "
+        f"once the storage is back, continue from the newest complete one with train.resume_from={run_dir}") from error
 
 
 def _quiet(dataset):
@@ -138,22 +139,7 @@ def run_training(cfg: PipelineConfig, parent_run_id: str | None = None):
         result = fit(cfg, run_name=run_name, tracking_uri=tracking_uri, mlflow_run_id=active.info.run_id,
                      evaluator=evaluator)
         if result.error:
-            _name_last_checkpoint(result)
             raise result.error
         mlflow.set_tag(tracking.CHECKPOINT_TAG, checkpoint_uri(result) if result.checkpoint else "")
         return active.info.run_id, result, manifest
 
-
-def _name_last_checkpoint(result) -> None:
-    """A failed run: tag and print its last complete checkpoint, where a resume starts."""
-    import mlflow
-
-    if result.checkpoint is None:
-        return
-    where = checkpoint_uri(result)
-    print(f"training failed; its last complete checkpoint is {where}: continue with train.resume_from={where}",
-          flush=True)
-    try:
-        mlflow.set_tag(tracking.CHECKPOINT_TAG, where)
-    except Exception:  # noqa: BLE001 - the training error is the one to report
-        pass
