@@ -142,4 +142,3 @@ def run_training(cfg: PipelineConfig, parent_run_id: str | None = None):
             raise result.error
         mlflow.set_tag(tracking.CHECKPOINT_TAG, checkpoint_uri(result) if result.checkpoint else "")
         return active.info.run_id, result, manifest
-
