@@ -37,12 +37,24 @@ def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_state(location: str | Path) -> dict[str, Any]:
-    """A checkpoint folder or file, local or s3://."""
+    """A checkpoint folder or file, local or s3://; or a run's folder of checkpoints (its newest complete one)."""
     location = str(location)
     if not location.endswith(".pt"):
-        location = storage.join(location, CHECKPOINT_FILE)
+        location = newest_checkpoint_file(location)
     data = storage.read_bytes(location)
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def newest_checkpoint_file(folder: str) -> str:
+    """``folder``/checkpoint.pt; or, for a run's folder, that of its newest ``checkpoint_<time>``
+    subfolder that holds one. checkpoint.pt is written whole or not at all (a local rename,
+    an S3 PUT), so a folder left by a failed upload is never picked."""
+    direct = storage.join(folder, CHECKPOINT_FILE)
+    if storage.exists(direct):
+        return direct
+    found = [f for f in storage.list_files(folder, "/" + CHECKPOINT_FILE)
+             if f.rsplit("/", 2)[-2].startswith("checkpoint_")]
+    return max(found, key=lambda f: f.rsplit("/", 2)[-2]) if found else direct
 
 
 def generator_from_state(state: dict[str, Any], ema: bool = True) -> Generator:

@@ -111,6 +111,9 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(200, ge=1, description="iterations between checkpoints (and one at the end)")
     keep_checkpoints: int = Field(3, ge=1)
     resume_from: str | None = Field(None, description="a checkpoint folder (local or s3://) to continue from")
+    storage_timeout_s: float = Field(
+        60, gt=0, description="how long a checkpoint waits for its storage to answer (retrying with backoff) "
+        "before the run fails")
     fail_at_iteration: int | None = Field(
         None, ge=1, description="fault injection for tests: the last rank exits at this iteration on its first attempt"
     )
@@ -127,6 +130,11 @@ class ScalingConfig(_Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker (default: cpus_per_worker)")
     max_failures: int = Field(3, ge=-1, description="worker-group restarts from the last checkpoint (-1: forever)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how the training workers are placed on the nodes (SPREAD: one a node where it can)")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom resources each training worker needs besides its CPU/GPU, e.g. "
+        "{trainer: 1} to train only on the nodes that offer 'trainer'")
 
 
 class EvalConfig(_Section):
@@ -156,6 +164,9 @@ class TrackingConfig(_Section):
         None, description="Model Registry name; default dcgan-<dataset>-<resolution>px, one per dataset"
     )
     register_model: bool = Field(True, description="register the generator in the MLflow Model Registry")
+    outage_timeout_s: float = Field(
+        600, gt=0, description="training goes on while the tracking server is away (metrics buffered); past this "
+        "many seconds the run stops after a final checkpoint")
 
 
 class PipelineConfig(_Section):

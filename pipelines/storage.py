@@ -154,3 +154,24 @@ def check_writable(uri: str) -> None:
         if is_s3(uri):
             raise StorageError(f"cannot write to {uri}: {e}. " + _s3_hint()) from None
         raise StorageError(f"cannot write to {uri}: {e}") from None
+
+
+def wait_writable(uri: str, timeout_s: float, what: str = "a checkpoint") -> int:
+    """Wait until uri can be written, retrying with exponential backoff (0.5 s doubling, at most
+    10 s apart) for up to ``timeout_s``; returns how many attempts failed first. Past the
+    deadline: a StorageError that names the location, how long it waited and what to check."""
+    import time
+
+    started, delay, failures = time.monotonic(), 0.5, 0
+    while True:
+        try:
+            check_writable(uri)
+            return failures
+        except StorageError as e:
+            failures += 1
+            waited = time.monotonic() - started
+            if waited + delay > timeout_s:
+                raise StorageError(f"storage did not answer for {waited:.0f}s ({failures} attempts) while writing "
+                                   f"{what}: {e}") from None
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)

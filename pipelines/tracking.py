@@ -111,13 +111,27 @@ def run(tracking_uri: str, experiment: str, run_name: str | None = None, run_id:
     try:
         yield active
     except (KeyboardInterrupt, SystemExit):  # stopped from outside (Ctrl-C, a scheduler ending the actor)
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        _end_failed_run(tracking_uri, RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        _end_failed_run(tracking_uri, RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _end_failed_run(tracking_uri: str, status: str) -> None:
+    """End a failing run; if the tracking server is what failed, the run's own error
+    matters more than a second one from MLflow (and minutes of MLflow's retries)."""
+    import mlflow
+
+    try:
+        with fail_fast(tracking_uri):
+            mlflow.end_run(status)
+    except Exception:  # noqa: BLE001 - see the docstring: the error being raised wins
+        if tracking_uri.startswith(("http://", "https://")):
+            return
+        raise
 
 
 class MetricBuffer:
@@ -126,16 +140,27 @@ class MetricBuffer:
     ``pending`` is saved inside each checkpoint; :meth:`flush` logs only steps above the
     highest step MLflow already has for ``marker``, so replaying a buffer after a crash
     between "checkpoint persisted" and "metrics flushed" never duplicates a point.
+
+    A tracking server that stops answering does not stop training: a flush that cannot
+    reach it keeps everything it could not send (the timestamps are the original ones,
+    so a point sent twice, e.g. when the answer to a sent batch was lost, is stored once)
+    and the next flush delivers it, in step order. :meth:`outage_seconds` says how long
+    the server has been away; past ``outage_timeout_s`` the caller stops the run.
     """
 
     marker = "loss_d"
 
-    def __init__(self, tracking_uri: str | None, run_id: str | None, pending: list | None = None):
+    def __init__(self, tracking_uri: str | None, run_id: str | None, pending: list | None = None,
+                 outage_timeout_s: float | None = None):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri) if tracking_uri and run_id else None
+        self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self.pending: list[tuple[str, float, int, int]] = list(pending or [])
+        self.pending: list[tuple[str, float, int, int]] = [tuple(m) for m in pending or []]
+        self.outage_timeout_s = outage_timeout_s
+        self.down_since: float | None = None  # monotonic time of the first failed flush of this outage
+        self.last_error = ""
 
     def add(self, step: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
@@ -148,19 +173,77 @@ class MetricBuffer:
         return max((m.step for m in history), default=-1)
 
     def flush(self) -> int:
+        """Send what is pending; returns how many points were sent (0 while the server is away)."""
         if self.client is None or not self.pending:
             self.pending.clear()
             return 0
+        try:
+            with fail_fast(self.tracking_uri):
+                sent = self._send()
+        except Exception as e:  # noqa: BLE001 - decided below: an outage is waited out, anything else raised
+            if not self._unreachable():
+                raise
+            self.down_since = self.down_since or time.monotonic()
+            self.last_error = f"{type(e).__name__}: {str(e)[:300]}"
+            return 0
+        self.down_since = None
+        return sent
+
+    def _send(self) -> int:
         from mlflow.entities import Metric
 
         done = self.logged_up_to()
         # The marker goes last within each step: once it is logged, its step is complete.
         ordered = sorted(self.pending, key=lambda m: (m[3], m[0] == self.marker))
-        todo = [Metric(k, v, ts, step) for k, v, ts, step in ordered if step > done]
+        todo = [m for m in ordered if m[3] > done]
         for i in range(0, len(todo), 1000):
-            self.client.log_batch(self.run_id, metrics=todo[i : i + 1000], synchronous=True)
-        self.pending.clear()
+            chunk = todo[i : i + 1000]
+            self.client.log_batch(self.run_id, metrics=[Metric(*m) for m in chunk], synchronous=True)
+            self.pending = todo[i + 1000 :]  # what a failure of the next chunk leaves to send later
+        self.pending = []
         return len(todo)
+
+    def _unreachable(self) -> bool:
+        if not (self.tracking_uri or "").startswith(("http://", "https://")):
+            return False
+        try:
+            check_tracking(self.tracking_uri, timeout=5.0)
+            return False
+        except TrackingUnavailable:
+            return True
+
+    def outage_seconds(self) -> float:
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
+    def outage_exceeded(self) -> bool:
+        return self.outage_timeout_s is not None and self.outage_seconds() > self.outage_timeout_s
+
+    def outage_message(self) -> str:
+        return (f"MLflow tracking server {self.tracking_uri} has not answered for {self.outage_seconds():.0f}s "
+                f"(more than tracking.outage_timeout_s={self.outage_timeout_s:g}; last error: {self.last_error}); "
+                f"{len(self.pending)} metric points are kept in the last checkpoint and reach MLflow when the run "
+                "resumes (train.resume_from=<that checkpoint>). " + _how_to_start(self.tracking_uri or ""))
+
+
+@contextlib.contextmanager
+def fail_fast(tracking_uri: str | None) -> Iterator[None]:
+    """MLflow's HTTP client retries a dead server for minutes by default; while training,
+    one quick try a flush is enough (the next checkpoint tries again)."""
+    if not (tracking_uri or "").startswith(("http://", "https://")):
+        yield
+        return
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+    saved = {k: os.environ.get(k) for k in quick}
+    os.environ.update(quick)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def log_artifact_file(tracking_uri: str, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:

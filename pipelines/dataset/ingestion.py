@@ -109,6 +109,7 @@ def ingest(source: str | Source, out: str, resolution: int, *, limit: int | None
     """
     import ray
     from ray.data import DataContext
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     started = time.time()
     src = source if not isinstance(source, str) else open_source(
@@ -119,7 +120,9 @@ def ingest(source: str | Source, out: str, resolution: int, *, limit: int | None
     print(f"ingesting {src.count} images from {src.description} ({src.kind}) -> {out} at {resolution}px", flush=True)
 
     DataContext.get_current().enable_progress_bars = False  # our bar counts images, theirs count blocks
-    ledger = ray.remote(IngestLedger).options(num_cpus=0).remote()
+    # On the driver's node: a worker node lost mid-ingest must not take the ledger with it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    ledger = ray.remote(IngestLedger).options(num_cpus=0, scheduling_strategy=here).remote()
     tasks = read_tasks(src.count, rows_per_shard(shard_mb, resolution))
     rows = src.pixels(resolution, tasks).map_batches(
         finish_batch, fn_kwargs={"ledger": ledger}, batch_format="pyarrow", batch_size=None

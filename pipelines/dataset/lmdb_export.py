@@ -91,16 +91,17 @@ class LmdbExport:
 
     def pixels(self, resolution: int, tasks: int):
         import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from pipelines.dataset.placement import on_nodes_that_see
 
         ranges = _lmdb_ranges(self.path, self.count, tasks)
         parts = [(partial(_read_lmdb_range, self.path, first, n), n) for first, n in ranges]
-        # The export is a file on this node's disk: read it here. On one node, decode and
-        # write fuse with the read (no copies); with more nodes, the encoded images are
-        # shipped out so that every node decodes.
-        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        # The export is a file on the disks of some nodes (all, with a shared file system):
+        # read it there, spread over them. On one node, decode and write fuse with the read
+        # (no copies); with more nodes, the encoded images are shipped out so that every
+        # node decodes.
         several_nodes = sum(1 for node in ray.nodes() if node["Alive"]) > 1
-        return read_parts(parts, {"scheduling_strategy": here}).map_batches(
+        return read_parts(parts, on_nodes_that_see(os.path.join(self.path, LMDB_DATA))).map_batches(
             partial(_decode_lmdb, resolution=resolution), batch_format="pyarrow", batch_size=None,
             **({"scheduling_strategy": "SPREAD"} if several_nodes else {}),
         )

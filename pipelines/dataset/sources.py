@@ -29,6 +29,7 @@ import pyarrow.fs as pafs
 from pipelines import storage
 from pipelines.dataset.decode import IMAGE_SUFFIXES, UnreadableImage, decode_square, is_image_name, square_resize
 from pipelines.dataset.format import FORMAT, IMAGE, KEY, MANIFEST, SHARD_SUFFIX, decode_images
+from pipelines.dataset.placement import on_nodes_that_see
 from pipelines.dataset.lmdb_export import LMDB_DATA, LmdbExport, download_lmdb, open_lmdb
 from pipelines.dataset.reading import BLOCK_ROWS, SourceError, decode_each, decoded_table, read_parts
 
@@ -115,7 +116,10 @@ class ImageFiles(_NamedByUri):
             (partial(_read_files, fs, self.paths[i : i + per_task], threads), len(self.paths[i : i + per_task]))
             for i in range(0, self.count, per_task)
         ]
-        return read_parts(parts).map_batches(
+        # A local folder is read on the nodes that see it (pipelines/dataset/placement.py);
+        # an S3 prefix anywhere (Ray Data spreads its tasks).
+        where = None if storage.is_s3(self.uri) else on_nodes_that_see(self.root)
+        return read_parts(parts, where).map_batches(
             partial(_decode_files, root=self.root, resolution=resolution), batch_format="pyarrow", batch_size=None
         )
 

@@ -34,8 +34,8 @@ from pipelines.checkpoints import build_networks, load_state, save_state
 from pipelines.config import PipelineConfig
 from pipelines.distributed import convert_sync_batchnorm, ddp_kwargs, replica_divergence
 from pipelines.hardware import step_options
+from pipelines.training import outages, reporting, stopping
 from pipelines.training.feeding import build_feed
-from pipelines.training import reporting, stopping
 
 # A logger, not print: Ray Train tees a worker's print to its logger *and* stdout, which
 # shows every line twice on the driver's console.
@@ -114,10 +114,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             window, t_window = [], time.perf_counter()
         new_epoch, epoch_seen = worker.position.epoch != epoch_seen, worker.position.epoch
         if sample_due(worker.cfg, iteration, new_epoch):
-            log_sample_grid(worker, iteration)
+            outages.best_effort(worker, log_sample_grid, worker, iteration)
         scores = evaluate(worker, iteration)
         if iteration % worker.cfg.train.checkpoint_every == 0 or iteration == total or scores or worker.stopping:
+            outages.wait_for_storage(worker, iteration)
             checkpoint_and_report(worker, iteration, last | scores)  # (4)
+            if outages.after_checkpoint(worker, iteration):
+                return
         if worker.stopping:  # the job was stopped (see pipelines/training/stopping.py)
             return
 
@@ -203,10 +206,11 @@ def restore(worker: Worker, ray_checkpoint) -> None:
 def open_metrics(worker: Worker, loop_config: dict[str, Any]) -> None:
     """Rank 0's metric buffer, first committing what a crash kept from the last checkpoint."""
     pending = (worker.restored or {}).get("pending_metrics", [])
-    worker.metrics = tracking.MetricBuffer(worker.tracking_uri if worker.rank == 0 else None, worker.run_id, pending)
+    worker.metrics = tracking.MetricBuffer(worker.tracking_uri if worker.rank == 0 else None, worker.run_id, pending,
+                                           outage_timeout_s=worker.cfg.tracking.outage_timeout_s)
     if worker.rank == 0:
         worker.metrics.flush()
-        if worker.restored is not None and worker.metrics.client is not None:
+        if worker.restored is not None and worker.metrics.client is not None and worker.metrics.down_since is None:
             # An event users see in MLflow: where this run (re)started from a checkpoint.
             worker.metrics.client.log_metric(worker.run_id, "resumed_at_iteration", worker.start, step=worker.start)
 

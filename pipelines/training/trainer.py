@@ -45,7 +45,7 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
         raise ValueError(f"model.resolution is {cfg.model.resolution} but the dataset at {cfg.dataset_uri} holds "
                          f"{manifest['resolution']}px images: ingest it at {cfg.model.resolution}px or change model.resolution")
     fs, path = storage.filesystem(cfg.checkpoints_uri)
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.worker_resources}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
@@ -53,7 +53,8 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
         train_loop_config={"pipeline": cfg.model_dump(), "tracking_uri": tracking_uri,
                            "mlflow_run_id": mlflow_run_id, "evaluator": evaluator, "stop_signal": stop_signal},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=cfg.scaling.placement_strategy),
         run_config=RunConfig(
             name=run_name, storage_path=path, storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
@@ -65,7 +66,44 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
         # For shards too big to hold in memory; a worker that holds its shard never reads it.
         datasets={"train": _quiet(train_dataset(cfg.dataset_uri))},
     )
-    return trainer.fit()
+    try:
+        result = trainer.fit()  # Ray Train V2 raises the run's error here
+    except Exception as e:
+        _storage_down(cfg, run_name, e)
+        raise
+    return _finished(cfg, result, tracking_uri)
+
+
+def _finished(cfg: PipelineConfig, result, tracking_uri: str | None):
+    """The result of a run that trained every iteration; a run that stopped early without
+    an error stopped because MLflow stayed away (pipelines.training.outages): say so."""
+    done = (result.metrics or {}).get("iteration", cfg.train.iterations)
+    if result.error is None and done < cfg.train.iterations:
+        where = checkpoint_uri(result) if result.checkpoint else "(none)"
+        raise tracking.TrackingUnavailable(
+            f"training stopped after the checkpoint of iteration {done} of {cfg.train.iterations}: the MLflow "
+            f"tracking server {tracking_uri} did not answer for more than tracking.outage_timeout_s="
+            f"{cfg.tracking.outage_timeout_s:g}s. The checkpoint {where} holds the metrics not yet logged; once the "
+            f"server is back, continue with train.resume_from={where}")
+    return result
+
+
+def _storage_down(cfg: PipelineConfig, run_name: str, error: Exception) -> None:
+    """A run that failed while its S3 storage does not answer (a checkpoint's upload, or
+    Ray Train's own record of its checkpoints): say that, and how to resume, rather than
+    Ray's traceback. A checkpoint folder holds one file, written by one atomic PUT, so
+    ``train.resume_from=<the run's folder>`` picks its newest complete checkpoint."""
+    if not storage.is_s3(cfg.checkpoints_uri):
+        return
+    try:
+        storage.check_writable(cfg.checkpoints_uri)
+        return
+    except storage.StorageError as e:
+        down = str(e)
+    run_dir = storage.join(cfg.checkpoints_uri, run_name)
+    raise storage.StorageError(
+        f"training stopped: its checkpoint storage does not answer ({down}). Its checkpoints are under {run_dir}; "
+        f"once the storage is back, continue from the newest complete one with train.resume_from={run_dir}") from error
 
 
 def _quiet(dataset):
