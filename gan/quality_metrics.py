@@ -93,55 +93,6 @@ def _cross(real, fake, real_radii, fake_radii, batch_size, device):
 
 
 @dataclass
-class PrecisionRecall:
-    precision: float
-    recall: float
-    k: int
-    real_count: int
-    fake_count: int
-
-    def as_metrics(self, prefix: str = "") -> dict[str, float]:
-        return {f"{prefix}precision": self.precision, f"{prefix}recall": self.recall}
-
-    to_dict = asdict
-
-
-@torch.no_grad()
-def precision_recall(real_features, fake_features, k: int = DEFAULT_K, batch_size: int = DEFAULT_BATCH,
-                     device: str | torch.device = "cpu") -> PrecisionRecall:
-    """Improved precision and recall (Kynkäänniemi et al. 2019) of generated vs real features."""
-    real_radii = knn_radii(real_features, k, batch_size, device)
-    fake_radii = knn_radii(fake_features, k, batch_size, device)
-    in_real, _, recalled = _cross(real_features, fake_features, real_radii, fake_radii, batch_size, device)
-    return PrecisionRecall(float((in_real > 0).double().mean()), float(recalled.double().mean()), k,
-                           len(real_radii), len(fake_radii))
-
-
-@dataclass
-class DensityCoverage:
-    density: float
-    coverage: float
-    k: int
-    real_count: int
-    fake_count: int
-
-    def as_metrics(self, prefix: str = "") -> dict[str, float]:
-        return {f"{prefix}density": self.density, f"{prefix}coverage": self.coverage}
-
-    to_dict = asdict
-
-
-@torch.no_grad()
-def density_coverage(real_features, fake_features, k: int = DEFAULT_K, batch_size: int = DEFAULT_BATCH,
-                     device: str | torch.device = "cpu") -> DensityCoverage:
-    """Density and coverage (Naeem et al. 2020) of generated vs real features."""
-    radii = knn_radii(real_features, k, batch_size, device)
-    counts, covered, _ = _cross(real_features, fake_features, radii, None, batch_size, device)
-    return DensityCoverage(float(counts.sum()) / (k * len(counts)), float(covered.double().mean()), k,
-                           len(radii), len(counts))
-
-
-@dataclass
 class ManifoldMetrics:
     """Precision, recall, density and coverage from one set of radii (what evaluation logs)."""
 
@@ -169,3 +120,17 @@ def manifold_metrics(real_features, fake_features, k: int = DEFAULT_K, batch_siz
     return ManifoldMetrics(float((counts > 0).double().mean()), float(recalled.double().mean()),
                            float(counts.sum()) / (k * len(counts)), float(covered.double().mean()),
                            k, len(real_radii), len(fake_radii))
+
+
+def precision_recall(real_features, fake_features, k: int = DEFAULT_K, batch_size: int = DEFAULT_BATCH,
+                     device: str | torch.device = "cpu") -> ManifoldMetrics:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of generated vs real features
+    (``.precision``, ``.recall``; density and coverage come from the same passes)."""
+    return manifold_metrics(real_features, fake_features, k, batch_size, device)
+
+
+def density_coverage(real_features, fake_features, k: int = DEFAULT_K, batch_size: int = DEFAULT_BATCH,
+                     device: str | torch.device = "cpu") -> ManifoldMetrics:
+    """Density and coverage (Naeem et al. 2020) of generated vs real features (``.density``,
+    ``.coverage``; precision and recall come from the same passes)."""
+    return manifold_metrics(real_features, fake_features, k, batch_size, device)
