@@ -27,6 +27,15 @@ class ConfigError(PipelineError, ValueError):
     """A config value or key that cannot be used; the message names the key."""
 
 
+def absolute_location(value):
+    """A local path made absolute where the config is loaded (the driver): Ray workers run in
+    other folders, so a relative ``./runs`` would name a different place there. URIs
+    (``s3://...``), ``synthetic`` and unset values pass through."""
+    if not isinstance(value, str) or not value or "://" in value or value == "synthetic":
+        return value
+    return str(Path(value).expanduser().absolute())
+
+
 def yaml_on_off(value, on: str = "on"):
     """YAML 1.1 reads a bare on/off as a boolean: back to the switch's words."""
     if value is True:
@@ -63,6 +72,11 @@ class DataConfig(_Section):
     device_cache: Literal["auto", "on", "off"] = Field(
         "auto", description="hold each worker's shard on its GPU as uint8: auto = when it fits in half of the free "
         "GPU memory, on = always (an error if it cannot fit), off = stream it from host memory")
+
+    @field_validator("source", "dataset")
+    @classmethod
+    def _absolute(cls, value):
+        return absolute_location(value)
 
     @field_validator("holdout")
     @classmethod
@@ -118,6 +132,11 @@ class TrainConfig(_Section):
         None, ge=1, description="fault injection for tests: the last rank exits at this iteration on its first attempt"
     )
 
+    @field_validator("resume_from")
+    @classmethod
+    def _absolute(cls, value):
+        return absolute_location(value)
+
     @field_validator("mixed_precision", "channels_last", "compile", mode="before")
     @classmethod
     def _yaml_switch(cls, value, info):
@@ -171,7 +190,13 @@ class TrackingConfig(_Section):
 
 class PipelineConfig(_Section):
     name: str = Field("dcgan", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    storage: str = Field("./runs", description="root for datasets, checkpoints and the embedded MLflow (local or s3://)")
+    storage: str = Field("./runs", validate_default=True,
+                         description="root for datasets, checkpoints and the embedded MLflow (local or s3://)")
+
+    @field_validator("storage")
+    @classmethod
+    def _absolute(cls, value):
+        return absolute_location(value)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
