@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.config import ConfigError, load_config
+from pipelines.config import ConfigError, PipelineConfig, load_config
 
 
 def test_presets_load_and_overrides_apply():
@@ -45,3 +45,16 @@ def test_malformed_override_and_unknown_preset():
 def test_flat_view_for_mlflow_params():
     flat = load_config("smoke").flat()
     assert flat["train.discriminator_steps"] == 1 and flat["model.resolution"] == 32
+
+
+def test_local_paths_are_made_absolute_where_the_config_is_loaded(tmp_path, monkeypatch):
+    """Ray workers run in other folders: the config they rebuild must name the same places."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("demo", ["data.dataset=ds", "train.resume_from=ckpt"])
+    assert cfg.storage == str(tmp_path / "runs")
+    assert cfg.data.dataset == str(tmp_path / "ds") and cfg.train.resume_from == str(tmp_path / "ckpt")
+    monkeypatch.chdir("/")
+    worker = PipelineConfig.model_validate(cfg.model_dump())  # as train_loop_config ships it
+    assert worker.dataset_uri == cfg.dataset_uri and worker.checkpoints_uri == str(tmp_path / "runs" / "checkpoints")
+    assert load_config("demo", ["storage=s3://bucket/runs"]).storage == "s3://bucket/runs"
+    assert load_config("demo").data.source == "synthetic"
