@@ -71,13 +71,18 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
     except Exception as e:
         _storage_down(cfg, run_name, e)
         raise
-    return _finished(cfg, result, tracking_uri)
+    return _finished(cfg, result, tracking_uri, stop_signal)
 
 
-def _finished(cfg: PipelineConfig, result, tracking_uri: str | None):
-    """The result of a run that trained every iteration; a run that stopped early without
-    an error stopped because MLflow stayed away (pipelines.training.outages): say so."""
+def _finished(cfg: PipelineConfig, result, tracking_uri: str | None, stop_signal=None):
+    """The result of a run that trained every iteration, or that a job stop asked to end
+    (pipelines.training.stopping); a run that stopped early otherwise stopped because
+    MLflow stayed away (pipelines.training.outages): say so."""
+    import ray
+
     done = (result.metrics or {}).get("iteration", cfg.train.iterations)
+    if stop_signal is not None and ray.get(stop_signal.is_requested.remote()):
+        return result
     if result.error is None and done < cfg.train.iterations:
         where = checkpoint_uri(result) if result.checkpoint else "(none)"
         raise tracking.TrackingUnavailable(
