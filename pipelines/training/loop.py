@@ -339,7 +339,8 @@ def checkpoint_and_report(worker: Worker, iteration: int, metrics: dict[str, flo
     # workers: a worker lost before then loses the checkpoint, and the run resumes from the
     # one before. Go on only once it is committed.
     ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
-    reporting.log_training_plots(worker.metrics.client, worker.run_id)
+    if worker.metrics.down_since is None:  # while MLflow is away its client would retry for minutes: no plots
+        outages.best_effort(worker, reporting.log_training_plots, worker.metrics.client, worker.run_id)
 
 
 def report_final_checkpoint_again(worker: Worker) -> None:
