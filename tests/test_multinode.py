@@ -13,7 +13,6 @@ import io
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -128,7 +127,10 @@ def uninterrupted(cluster):
     proc = cluster.driver("pipelines.steps.train", _train_args(cluster, name, *TWO_NODES), name + ".log")
     _first_checkpoint(cluster, name, proc)
     cluster.stop_mlflow()
-    time.sleep(3)
+    # Down until training has met the outage (a flush that failed and kept its points),
+    # however long the machine takes to get there: then back, before the run ends.
+    wait_until(lambda: "metric points kept" in cluster.log(name + ".log") or proc.poll() is not None, 300,
+               f"{name}: training meets the MLflow outage", every=0.5)
     cluster.start_mlflow()
     log = _finish(cluster, name, proc)
     assert proc.returncode == 0, log[-6000:]
