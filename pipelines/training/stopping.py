@@ -59,7 +59,13 @@ class DriverStop:
     """The driver's side: the actor the workers ask, and whether a stop was requested."""
 
     def __init__(self):
-        self.actor = _stop_signal_class().remote()
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # On the driver's node: an actor on a worker node would die with that node, and the
+        # workers that ask it would fail the run (tests/test_multinode.py loses nodes).
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.actor = _stop_signal_class().options(scheduling_strategy=here).remote()
         self.event = threading.Event()
 
     @property
@@ -95,17 +101,28 @@ def graceful_stop() -> Iterator[DriverStop | None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def stop_requested(actor: Any) -> bool:
+    """Whether the driver asked to stop; an actor that is gone (its driver with it) asked nothing."""
+    import ray
+
+    if actor is None:
+        return False
+    try:
+        return bool(ray.get(actor.is_requested.remote(), timeout=30))
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False
+
+
 def worker_stop_requested(actor: Any, rank: int, world: int, device) -> bool:
     """At a window end, on every rank: rank 0 asks the actor, and all ranks get its answer
     (a collective, so every rank stops at the same iteration)."""
     if actor is None:
         return False
-    import ray
     import torch
 
     flag = torch.zeros(1, dtype=torch.int32, device=device)
     if rank == 0:
-        flag[0] = int(ray.get(actor.is_requested.remote()))
+        flag[0] = int(stop_requested(actor))
     if world > 1:
         import torch.distributed as dist
 

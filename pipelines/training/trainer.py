@@ -78,10 +78,10 @@ def _finished(cfg: PipelineConfig, result, tracking_uri: str | None, stop_signal
     """The result of a run that trained every iteration, or that a job stop asked to end
     (pipelines.training.stopping); a run that stopped early otherwise stopped because
     MLflow stayed away (pipelines.training.outages): say so."""
-    import ray
+    from pipelines.training.stopping import stop_requested
 
     done = (result.metrics or {}).get("iteration", cfg.train.iterations)
-    if stop_signal is not None and ray.get(stop_signal.is_requested.remote()):
+    if stop_requested(stop_signal):
         return result
     if result.error is None and done < cfg.train.iterations:
         where = checkpoint_uri(result) if result.checkpoint else "(none)"
