@@ -90,9 +90,19 @@ def _steps(client, run_id: str, key: str) -> list[int]:
 
 
 def _state(uri: str) -> dict:
+    """A checkpoint's state; a restarted SeaweedFS answers GetObject with an internal error
+    for a few seconds while its volume server comes back, so retry that for a minute."""
     from pipelines.checkpoints import load_state
 
-    return load_state(uri)
+    def read():
+        try:
+            return load_state(uri)
+        except OSError as e:
+            if "INTERNAL_FAILURE" not in str(e) and "try again" not in str(e):
+                raise
+            return None
+
+    return wait_until(read, 60, f"reading {uri} from the restarted S3 store", every=1.0)
 
 
 def _every_step_once(client, run, iterations: int) -> None:
