@@ -234,8 +234,16 @@ def fail_fast(tracking_uri: str | None) -> Iterator[None]:
         return
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
              "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-    saved = {k: os.environ.get(k) for k in quick}
-    os.environ.update(quick)
+    with temporary_environ(quick):
+        yield
+
+
+@contextlib.contextmanager
+def temporary_environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in os.environ inside (MLflow and boto read their settings there);
+    afterwards each variable is back as it was, or unset."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:

@@ -80,17 +80,13 @@ def ray_local(s3_server):
     their environment when they start (here: the session's SeaweedFS server)."""
     import ray
 
-    saved = {k: os.environ.get(k) for k in s3_server.env()}
-    os.environ.update(s3_server.env())
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
-        from pipelines.cluster import start_local_ray
+    from pipelines.tracking import temporary_environ as environ
 
-        start_local_ray(num_cpus=4, log_to_driver=True)
-    yield ray
-    ray.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environ(s3_server.env()):
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+            from pipelines.cluster import start_local_ray
+
+            start_local_ray(num_cpus=4, log_to_driver=True)
+        yield ray
+        ray.shutdown()

@@ -9,7 +9,6 @@ the run's first checkpoint is in S3, so it lands mid-run.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipelines.tracking import temporary_environ as environ
 from tests.multinode import ROOT, start_multinode, wait_until
 
 pytestmark = pytest.mark.slow
@@ -39,18 +39,13 @@ def cluster(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("multinode")
     cluster = start_multinode(tmp)
-    saved = {k: os.environ.get(k) for k in cluster.env if k.startswith(("AWS_", "MLFLOW_S3"))}
-    os.environ.update({k: cluster.env[k] for k in saved})  # this process reads S3 like the nodes do
+    s3_env = {k: v for k, v in cluster.env.items() if k.startswith(("AWS_", "MLFLOW_S3"))}
     try:
-        synthetic_dataset(f"s3://{cluster.bucket}/{DATASET}", count=128, resolution=32)
-        yield cluster
+        with environ(s3_env):  # this process reads S3 like the nodes do
+            synthetic_dataset(f"s3://{cluster.bucket}/{DATASET}", count=128, resolution=32)
+            yield cluster
     finally:
         cluster.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _train_args(cluster, name: str, *extra: str) -> list[str]:
