@@ -7,10 +7,14 @@ import os
 import numpy as np
 
 from pipelines.config import PipelineConfig
+from pipelines.shared_paths import check_shared
 
 
 def init_ray(cfg: PipelineConfig | None = None) -> None:
     """Connect to RAY_ADDRESS when set (``ray job submit`` sets it), else start Ray in-process.
+
+    Joining a cluster, the config's local folders are checked to be seen by every node
+    (:func:`pipelines.shared_paths.check_shared`); a one-node cluster passes at once.
 
     In-process, Ray gets one logical CPU more than the training workers reserve: Ray
     Data's read tasks need a CPU of their own, and with none left the feed would wait
@@ -23,6 +27,8 @@ def init_ray(cfg: PipelineConfig | None = None) -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
+        if cfg is not None:  # a cluster may have several nodes: local folders must be shared by all
+            check_shared(cfg, cfg.tracking_uri())
         return
     # A busy laptop can take longer than Ray's 60 s default to start a worker group.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")

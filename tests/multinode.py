@@ -119,10 +119,16 @@ class MultiNode:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     # --- Ray nodes
-    def add_node(self, name: str, cpus: int = 2) -> Service:
-        """A worker node named by its resource ``name`` (and ``trainer: 1``)."""
+    def add_node(self, name: str, cpus: int = 2, hide: Path | None = None) -> Service:
+        """A worker node named by its resource ``name`` (and ``trainer: 1``).
+
+        ``hide``: a folder this node does not see, as on a machine without the driver's
+        disk: the node runs in its own mount namespace with an empty tmpfs over it.
+        """
         temp = Path(f"/tmp/rn-{os.getpid()}-{name}")  # Ray's socket paths must stay short
-        argv = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", f"--address=127.0.0.1:{self.gcs_port}",
+        private = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hide)] if hide else []
+        argv = [*private, str(BIN / "ray"), "start", "--block", "--disable-usage-stats", f"--address=127.0.0.1:{self.gcs_port}",
                 "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", f"--resources={json.dumps({name: 1, 'trainer': 1})}",
                 "--object-store-memory=120000000", f"--dashboard-agent-listen-port={free_port()}",
                 f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",

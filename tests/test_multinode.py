@@ -10,8 +10,10 @@ the run's first checkpoint is in S3, so it lands mid-run.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -256,6 +258,36 @@ def test_a_node_lost_in_ingest_never_leaves_a_half_dataset(cluster, lsun_files, 
     manifest = read_manifest(out)
     assert manifest["content_hash"] == expected and manifest["count"] == kept
     assert manifest["count"] + manifest["duplicates"] + len(manifest["skipped"]) == INGEST_IMAGES
+
+
+def test_a_local_folder_that_a_node_does_not_see_is_refused_in_seconds(cluster, tmp_path):
+    """A node without the driver's disk (its own mount namespace): local storage is refused
+    before anything is trained, naming the key and the node; a folder all nodes see passes."""
+    private, shared = tmp_path / "private", tmp_path / "shared"
+    private.mkdir()
+    cluster.add_node("node_private", cpus=1, hide=private)
+    try:
+        name = "private-storage"
+        proc = cluster.driver("pipelines.steps.train", ["--config", "smoke", f"name={name}", f"storage={private}",
+                                                        f"data.dataset=s3://{cluster.bucket}/{DATASET}"], name + ".log")
+        log = _finish(cluster, name, proc, timeout=180)
+        assert proc.returncode == 2, log[-4000:]
+        private_id = cluster.node_id("node_private")[:8]
+        # only that node: named by address (Ray's, this machine's) and ID, as `ray status` lists them
+        assert re.search(rf"storage={re.escape(str(private))} is not seen by the node\(s\) at \S+ \(node {private_id}\) \(of ", log), \
+            log[-4000:]
+        assert "Traceback" not in log
+        assert "data.dataset=" not in log.split("local folders on a Ray cluster")[1]  # an s3:// URI needs no check
+        assert not list(private.glob(".dcgan-shared-check-*")), "the marker file stays behind"
+        assert not [k for k in cluster.s3_keys("") if name in k] and not (private / "checkpoints" / name).exists()
+
+        check = ("import sys; from pipelines.config import load_config; from pipelines.cluster import init_ray;"
+                 "init_ray(load_config('smoke', sys.argv[1:])); print('every node sees it')")
+        out = subprocess.run([sys.executable, "-c", check, f"storage={shared}", f"data.dataset={shared}/dataset"],
+                             env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0 and "every node sees it" in out.stdout, out.stderr[-4000:]
+    finally:
+        cluster.lose_node("node_private")  # gone before the next test trains on `trainer` nodes
 
 
 # ----------------------------------------------------------------------------- last: MLflow gone for good
