@@ -73,8 +73,8 @@ def register_step(cfg: PipelineConfig, generator, manifest: dict, evaluation: di
         metrics={k: v for k, v in evaluation.items() if isinstance(v, (int, float))},
         dataset=mlflow_dataset(manifest, cfg.dataset_uri), step=cfg.train.iterations,
         blocked="; ".join(copying.get("reasons", [])) if copying.get("copying") else None)
-    print(f"[run] registered {name} version {version.version} (challenger); "
-          f"{'champion: ' if promoted else 'not champion: '}{reason}", flush=True)
+    outcome = "now the champion" if promoted else "a challenger, not the champion"
+    print(f"[run] registered {name} version {version.version}: {outcome} ({reason})", flush=True)
     return {"name": name, "version": version.version, "champion": promoted}
 
 
