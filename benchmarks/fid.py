@@ -27,7 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pipelines.openmp  # noqa: E402,F401  (before torch loads)
+from pipelines.cluster.openmp import sleep_idle_threads  # noqa: E402
+
+sleep_idle_threads()  # before torch loads
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from pipelines.checkpoints import build_networks, save_state
+    from pipelines.training.checkpoints import build_networks, save_state
     from pipelines.config import load_config
 
     cfg = load_config(args.config)

@@ -49,7 +49,7 @@ from benchmarks.plain_dcgan import plain_loop  # noqa: E402
 from gan.feed import DeviceImageFeed, HostImageFeed  # noqa: E402
 from gan.images import normalize  # noqa: E402
 from gan.models import Discriminator, Generator  # noqa: E402
-from gan.training import AdversarialStep, make_optimizers  # noqa: E402
+from gan.adversarial import AdversarialStep, make_optimizers  # noqa: E402
 
 RESOLUTION = 64
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from NVIDIA's data sheets.
@@ -91,7 +91,7 @@ class Variant:
 
 def project_variants(cuda: bool) -> list[Variant]:
     eager_fp32 = Variant("eager_fp32")
-    if not cuda:  # the CPU's fast options (pipelines/hardware.py): channels_last only
+    if not cuda:  # the CPU's fast options (pipelines/training/hardware.py): channels_last only
         return [eager_fp32, Variant("eager_fast", channels_last=True)]
     fast = dict(bf16=True, channels_last=True, fused_adam=True)
     return [eager_fp32, Variant("eager_fast", **fast), Variant("compiled", compile=True, **fast),

@@ -95,10 +95,10 @@ def feed_rate(dataset: str, resolution: int, batch: int, epochs: int, shuffle_bu
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.dataset.feed import train_dataset
+    from pipelines.dataset.streaming import train_dataset
 
     def loop(config):
-        from pipelines.dataset.feed import epoch_batches
+        from pipelines.dataset.streaming import epoch_batches
 
         shard = ray.train.get_dataset_shard("train")
         rate = 0.0
@@ -126,8 +126,8 @@ def step_rate(batch: int, resolution: int, iters: int) -> float:
     import torch
 
     from gan.models import Discriminator, Generator
-    from gan.training import AdversarialStep, make_optimizers
-    from pipelines.hardware import step_options
+    from gan.adversarial import AdversarialStep, make_optimizers
+    from pipelines.training.hardware import step_options
 
     assert resolution == 64, "the paper's networks are 64x64"
     options = step_options(torch.device("cpu"))

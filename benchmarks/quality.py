@@ -55,7 +55,7 @@ from gan.images import save_grid, to_uint8  # noqa: E402
 from gan.models import Discriminator, Generator  # noqa: E402
 from gan.quality_metrics import manifold_metrics  # noqa: E402
 from gan.splits import Holdout  # noqa: E402
-from gan.training import AdversarialStep, make_optimizers  # noqa: E402
+from gan.adversarial import AdversarialStep, make_optimizers  # noqa: E402
 
 LSUN_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lsun-bedroom" / "images"
 

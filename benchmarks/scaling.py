@@ -84,7 +84,7 @@ def main(argv=None):
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     import ray
 
-    from pipelines.cluster import start_local_ray
+    from pipelines.cluster.connect import start_local_ray
 
     start_local_ray(num_cpus=4, log_to_driver=False)
     ray1 = ray_rate(1, dataset, root, args.iterations, args.window, args.skip_windows)

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.plain_dcgan import plain_loop  # noqa: E402
 from gan.models import Discriminator, Generator  # noqa: E402
-from gan.training import AdversarialStep, make_optimizers  # noqa: E402
-from pipelines.hardware import step_options  # noqa: E402
+from gan.adversarial import AdversarialStep, make_optimizers  # noqa: E402
+from pipelines.training.hardware import step_options  # noqa: E402
 
 
 def project_step(device, batch, options):

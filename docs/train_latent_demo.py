@@ -2,7 +2,7 @@
 
 Interim stand-in until `dcgan run` writes checkpoints itself: the same Algorithm 1
 step and demo config as ``pipelines.steps.run``, on the synthetic bedrooms, ending with one
-checkpoint in the format of ``pipelines.checkpoints``.
+checkpoint in the format of ``pipelines.training.checkpoints``.
 
     python docs/train_latent_demo.py --out runs/latent-demo/checkpoint --config demo \
         name=latent-demo model.g_width=32 model.d_width=32 train.iterations=1500
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gan.images import to_model_input  # noqa: E402
 from gan.synthetic import synthetic_bedrooms  # noqa: E402
-from gan.training import AdversarialStep, DataPosition, make_optimizers  # noqa: E402
-from pipelines.checkpoints import build_networks, save_state  # noqa: E402
+from gan.adversarial import AdversarialStep, DataPosition, make_optimizers  # noqa: E402
+from pipelines.training.checkpoints import build_networks, save_state  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 
 

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from gan.training import unwrap
+from gan.adversarial import unwrap
 
 
 class GeneratorEMA:

@@ -1,4 +1,11 @@
-"""Orchestration: config, ingest (Ray Data), training (Ray Train), evaluation, MLflow, the CLI."""
+"""Orchestration on Ray and MLflow, in layers (the README's Layout table):
 
-# Before anything imports torch: idle OpenMP threads sleep instead of spinning (see openmp.py).
-from pipelines import openmp  # noqa: F401
+- ``config.py`` and ``errors.py``: the one config, the one error type;
+- ``steps/``: the entry points (``python -m pipelines.steps.<step>``, ``dcgan <step>``) and
+  their command plumbing (``cli``, ``entrypoint``, ``id_ranges``);
+- ``driver/``: the driver-side sequence every run shares, preflight, run names;
+- ``dataset/``, ``training/``, ``evaluation/``: Ray Data ingest and feed, Ray Train workers,
+  FID and the audits;
+- ``records/``: MLflow (tracking, registry, lineage, plots);
+- ``cluster/``: Ray start/join, storage (local or s3://), folders all nodes must see.
+"""

@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.errors import PipelineError
-from pipelines.storage import is_s3
-from pipelines.storage import join as join_uri
+from pipelines.cluster.storage import is_s3
+from pipelines.cluster.storage import join as join_uri
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 

@@ -80,12 +80,12 @@ def ray_local(s3_server):
     their environment when they start (here: the session's SeaweedFS server)."""
     import ray
 
-    from pipelines.tracking import temporary_environ as environ
+    from pipelines.records.tracking import temporary_environ as environ
 
     with environ(s3_server.env()):
         if not ray.is_initialized():
             os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
-            from pipelines.cluster import start_local_ray
+            from pipelines.cluster.connect import start_local_ray
 
             start_local_ray(num_cpus=4, log_to_driver=True)
         yield ray

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gan.synthetic import synthetic_bedrooms
-from pipelines import storage
+from pipelines.cluster import storage
 from pipelines.dataset.format import FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, content_hash, pixel_sha256
 
 

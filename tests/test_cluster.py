@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = textwrap.dedent("""
     import sys
     import ray
-    from pipelines.cluster import init_ray, start_local_ray
+    from pipelines.cluster.connect import init_ray, start_local_ray
 
     if sys.argv[1] == "plain":
         ray.init(address="local", num_cpus=1, include_dashboard=True, dashboard_host="127.0.0.1")

@@ -18,7 +18,7 @@ from gan.synthetic import synthetic_bedrooms
 from pipelines.config import load_config
 from gan.feed import make_feed
 from gan.images import normalize, to_uint8
-from pipelines.dataset.feed import epoch_batches, train_dataset
+from pipelines.dataset.streaming import epoch_batches, train_dataset
 from pipelines.dataset.rows import read_shard
 from pipelines.dataset.format import read_manifest
 from pipelines.dataset.format import IMAGE, KEY, PIXEL_SHA256, content_hash, decode_images, read_columns

@@ -439,7 +439,7 @@ def test_registered_model_sits_in_s3_and_generates_images(cluster, job, tmp_path
     assert fid_key.startswith("fid_heldout_"), champion.tags
     assert float(champion.tags["fid"]) == pytest.approx(job.pipeline_run.data.metrics[fid_key])
     assert champion.tags["dataset_hash"] == job.pipeline_run.data.tags["dataset_hash"]
-    from pipelines.registry import version_metrics
+    from pipelines.records.registry import version_metrics
 
     linked = version_metrics(champion, cluster.tracking_uri)  # FID linked to the logged model: the version's metrics
     assert linked[fid_key] == pytest.approx(job.pipeline_run.data.metrics[fid_key]), linked
@@ -468,7 +468,7 @@ def test_registered_model_sits_in_s3_and_generates_images(cluster, job, tmp_path
     # A user without S3 keys: the model comes through the tracking server.
     env = {k: v for k, v in cluster.env.items() if not k.startswith("AWS_")}
     out = tmp_path / "samples"
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "generate", "--model", f"models:/{name}@champion",
+    done = subprocess.run([sys.executable, "-m", "pipelines.steps.cli", "generate", "--model", f"models:/{name}@champion",
                            "-n", "6", "--seed", "7", "--out", str(out)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -14,8 +14,8 @@ from torch import nn
 
 from gan import fid
 from gan.models import Generator
-from pipelines import storage
-from pipelines.checkpoints import save_state
+from pipelines.cluster import storage
+from pipelines.training.checkpoints import save_state
 from pipelines.config import load_config
 from pipelines.dataset.rows import dataset_chunks, read_rows
 from pipelines.evaluation.cache import near_duplicate_keys, reference_stats
@@ -24,7 +24,7 @@ from pipelines.evaluation.in_training import TrainingEvaluator
 from pipelines.evaluation.metrics import metric_key, sample_tag
 from pipelines.evaluation.pool import LATENT_SEED_BLOCK, WorkerPool, sample_latents
 from pipelines.steps.evaluate import main
-from pipelines.tracking import CHECKPOINT_TAG
+from pipelines.records.tracking import CHECKPOINT_TAG
 from tests.datasets import write_dataset
 from tests.photos import load_squares
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gan import fid
-from pipelines.cli import main as dcgan
+from pipelines.steps.cli import main as dcgan
 from pipelines.steps.fid import build_parser, main
 
 N = 6

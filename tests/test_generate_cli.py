@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.checkpoints import save_state
+from pipelines.training.checkpoints import save_state
 from pipelines.config import load_config
 from pipelines.steps.generate import GRID_MAX, main
 
@@ -15,7 +15,7 @@ from pipelines.steps.generate import GRID_MAX, main
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     cfg = load_config("smoke")
-    from pipelines.checkpoints import build_networks
+    from pipelines.training.checkpoints import build_networks
 
     torch.manual_seed(0)
     g, _ = build_networks(cfg.model.model_dump())

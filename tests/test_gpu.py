@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from gan.feed import DeviceImageFeed, HostImageFeed, epoch_permutation, splitmix64
 from gan.images import normalize, to_uint8
 from gan.models import Discriminator, Generator
-from gan.training import AdversarialStep, make_optimizers, unwrap
+from gan.adversarial import AdversarialStep, make_optimizers, unwrap
 
 CUDA = torch.device(os.environ.get("DCGAN_GPU_TESTS_DEVICE") or "cuda:0")  # "cpu": the rehearsal
 REHEARSAL = CUDA.type == "cpu"

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from gan.models import Generator
-from pipelines import registry, tracking
+from pipelines.records import registry, tracking
 from pipelines.config import load_config
-from pipelines.dataset.feed import train_dataset
+from pipelines.dataset.streaming import train_dataset
 from pipelines.dataset.format import IMAGE, KEY, PIXEL_SHA256, decode_images, read_columns
 from pipelines.dataset.ingestion import ensure_dataset
 from pipelines.dataset.rows import read_shard, split_rows

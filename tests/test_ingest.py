@@ -11,7 +11,7 @@ import pytest
 import ray
 from PIL import Image
 
-from pipelines import storage
+from pipelines.cluster import storage
 from pipelines.dataset.format import IMAGE, KEY, PIXEL_SHA256, content_hash, decode_images, read_columns
 from pipelines.dataset.decode import UnreadableImage, decode_square
 from pipelines.config import load_config

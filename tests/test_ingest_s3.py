@@ -12,7 +12,7 @@ import pytest
 import ray
 from PIL import Image
 
-from pipelines.dataset.feed import epoch_batches, train_dataset
+from pipelines.dataset.streaming import epoch_batches, train_dataset
 from pipelines.dataset.format import read_manifest
 from pipelines.dataset.format import IMAGE, KEY, decode_images, read_columns
 from pipelines.dataset.decode import decode_square

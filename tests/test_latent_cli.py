@@ -10,9 +10,9 @@ from PIL import Image
 from gan import latent_space as latent
 from gan.images import grid
 from gan.models import Discriminator, Generator
-from pipelines import cli
-from pipelines.checkpoints import load_generator, save_state
-from pipelines.checkpoints import as_generator
+from pipelines.steps import cli
+from pipelines.training.checkpoints import load_generator, save_state
+from pipelines.training.checkpoints import as_generator
 from pipelines.steps.latent import parse_expression, parse_ids
 
 MODEL = {"resolution": 32, "latent_dim": 16, "g_width": 8, "d_width": 8}

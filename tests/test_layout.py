@@ -1,7 +1,9 @@
 """The architecture, checked on the source: layers point one way, steps stand alone, no cycles.
 
-gan <- pipelines (library) <- pipelines.steps <- tune. Imports inside functions count:
-they are how heavy modules load late, and they are dependencies all the same.
+gan <- pipelines (library) <- pipelines.steps <- tune <- pipelines.steps.cli (``dcgan``,
+which dispatches to every step and to the sweep). Imports inside functions count:
+they are how heavy modules load late, and they are dependencies all the same; so do
+modules loaded by name through ``importlib``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("gan", "pipelines", "tune")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
+# Command plumbing beside the steps: the `dcgan` dispatcher and what every step's parser shares.
+PLUMBING = {"pipelines.steps.cli", "pipelines.steps.entrypoint", "pipelines.steps.id_ranges"}
 
 
 def module_name(path: Path) -> str:
@@ -28,9 +32,18 @@ def project_modules() -> dict[str, Path]:
 
 def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
     """Project modules that ``path`` imports, anywhere in it (``from a import b`` counts a.b
-    when b is a module)."""
+    when b is a module). A module that uses ``importlib`` imports every project module
+    that one of its string constants names: that is how it would load them."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    uses_importlib = any(isinstance(n, (ast.Import, ast.ImportFrom)) and "importlib" in
+                         ([a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""])
+                         for n in ast.walk(tree))
+    for node in ast.walk(tree):
+        if uses_importlib and isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if node.value in modules:
+                found.add(node.value)
+            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -52,9 +65,30 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_no_step_imports_another_step(graph):
-    steps = {m for m in graph if m.startswith("pipelines.steps.")} | {"tune.sweep"}
+    steps = {m for m in graph if m.startswith("pipelines.steps.")} - PLUMBING | {"tune.sweep"}
     offenders = {m: sorted(graph[m] & (steps - {m})) for m in steps if graph[m] & (steps - {m})}
     assert not offenders, f"steps import other steps (move the helper below the steps): {offenders}"
+    plumbing = {m: sorted(graph[m] & steps) for m in PLUMBING - {"pipelines.steps.cli"} if graph[m] & steps}
+    assert not plumbing, f"only the dispatcher may import steps: {plumbing}"
+    assert steps - {"tune.sweep"} <= graph["pipelines.steps.cli"] | {"pipelines.steps.__init__"}, \
+        "every step is a dcgan subcommand: pipelines.steps.cli must import it"
+
+
+def test_one_name_per_module():
+    """No two modules of gan/ and pipelines/ (the steps aside) share a file name, and no
+    module shares its name with a folder beside it."""
+    names: dict[str, list[str]] = {}
+    clashes = []
+    for pkg in ("gan", "pipelines"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            if path.name == "__init__.py" or "steps" in path.relative_to(ROOT).parts:
+                continue
+            names.setdefault(path.stem, []).append(str(path.relative_to(ROOT)))
+            if (path.parent / path.stem).is_dir():
+                clashes.append(str(path.relative_to(ROOT)))
+    shared = {name: paths for name, paths in names.items() if len(paths) > 1}
+    assert not shared, f"one name, several modules: {shared}"
+    assert not clashes, f"modules named like the folder beside them: {clashes}"
 
 
 def test_layers_point_one_way(graph):
@@ -63,7 +97,9 @@ def test_layers_point_one_way(graph):
         for target in targets:
             if module.startswith("gan") and not target.startswith("gan"):
                 upward.append((module, target))
-            elif module.startswith("pipelines") and target.startswith("tune"):
+            elif target == "pipelines.steps.cli":  # the dispatcher is the top: nothing imports it
+                upward.append((module, target))
+            elif module.startswith("pipelines") and target.startswith("tune") and module != "pipelines.steps.cli":
                 upward.append((module, target))
             elif (module.startswith("pipelines") and not module.startswith("pipelines.steps")
                   and target.startswith("pipelines.steps")):
@@ -138,3 +174,10 @@ def test_the_checker_sees_a_step_importing_a_step(tmp_path):
     modules = {"pipelines.steps.a": tmp_path / "a.py", "pipelines.steps.b": tmp_path / "b.py"}
     modules["pipelines.steps.a"].write_text("def main():\n    from pipelines.steps.b import helper\n")
     assert imports_of(modules["pipelines.steps.a"], modules) == {"pipelines.steps.b"}
+
+
+def test_the_checker_sees_modules_loaded_through_importlib(tmp_path):
+    modules = {"pipelines.steps.cli": tmp_path / "cli.py", "pipelines.steps.b": tmp_path / "b.py"}
+    modules["pipelines.steps.cli"].write_text("import importlib\nTABLE = {'b': 'pipelines.steps.b'}\n"
+                                              "def main(n):\n    return importlib.import_module(TABLE[n])\n")
+    assert imports_of(modules["pipelines.steps.cli"], modules) == {"pipelines.steps.b"}

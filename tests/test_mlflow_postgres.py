@@ -2,7 +2,7 @@
 
 A real PostgreSQL and a real MLflow server on 127.0.0.1 (tests/pgserver.py). Requests
 without credentials are refused; four Ray Tune trials running at once log a few thousand
-metric points through the project's tracking code (pipelines/tracking.py: a nested run
+metric points through the project's tracking code (pipelines/records/tracking.py: a nested run
 each, MetricBuffer batches as at checkpoints, single points as the sweep logs them), and
 every point arrives exactly once, in PostgreSQL, with no "database is locked" (SQLite's
 failure under concurrent writers) and no secret in the server's logs or the runs.
@@ -80,7 +80,7 @@ DRIVER = textwrap.dedent(f"""
     def trial(config):
         import mlflow
         from mlflow.tracking import MlflowClient
-        from pipelines import tracking
+        from pipelines.records import tracking
 
         uri = os.environ["MLFLOW_TRACKING_URI"]
         with tracking.run(uri, "{EXPERIMENT}", run_name=f"trial-{{config['trial']}}",
@@ -98,7 +98,7 @@ DRIVER = textwrap.dedent(f"""
             buffer.flush()
 
     if __name__ == "__main__":
-        from pipelines import tracking
+        from pipelines.records import tracking
         uri = os.environ["MLFLOW_TRACKING_URI"]
         with tracking.run(uri, "{EXPERIMENT}", run_name="sweep") as parent:
             parent_id = parent.info.run_id

@@ -13,8 +13,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from gan.models import Generator
-from pipelines import lineage, registry, tracking
-from pipelines.plots import run_histories, training_plots
+from pipelines.records import lineage, registry, tracking
+from pipelines.records.plots import run_histories, training_plots
 from pipelines.training.reporting import log_training_plots
 
 MANIFEST = {"content_hash": "0123456789abcdef" * 4, "count": 256, "resolution": 32, "source": "synthetic",

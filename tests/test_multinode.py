@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.tracking import temporary_environ as environ
+from pipelines.records.tracking import temporary_environ as environ
 from tests.multinode import ROOT, start_multinode, wait_until
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def _steps(client, run_id: str, key: str) -> list[int]:
 def _state(uri: str) -> dict:
     """A checkpoint's state; a restarted SeaweedFS answers GetObject with an internal error
     for a few seconds while its volume server comes back, so retry that for a minute."""
-    from pipelines.checkpoints import load_state
+    from pipelines.training.checkpoints import load_state
 
     def read():
         try:
@@ -229,7 +229,7 @@ def _expected_content_hash(files: list[Path], resolution: int) -> tuple[str, int
 
 
 def test_a_node_lost_in_ingest_never_leaves_a_half_dataset(cluster, lsun_files, tmp_path):
-    from pipelines import storage
+    from pipelines.cluster import storage
     from pipelines.dataset.format import read_manifest
 
     folder = tmp_path / "photos"
@@ -287,7 +287,7 @@ def test_a_local_folder_that_a_node_does_not_see_is_refused_in_seconds(cluster, 
         assert not list(private.glob(".dcgan-shared-check-*")), "the marker file stays behind"
         assert not [k for k in cluster.s3_keys("") if name in k] and not (private / "checkpoints" / name).exists()
 
-        check = ("import sys; from pipelines.config import load_config; from pipelines.cluster import init_ray;"
+        check = ("import sys; from pipelines.config import load_config; from pipelines.cluster.connect import init_ray;"
                  "init_ray(load_config('smoke', sys.argv[1:])); print('every node sees it')")
         out = subprocess.run([sys.executable, "-c", check, f"storage={shared}", f"data.dataset={shared}/dataset"],
                              env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=180)

@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from gan.images import normalize
 from gan.latent_space import feature_maps_dropped
 from gan.models import Discriminator, Generator
-from gan.training import AdversarialStep, compile_enabled, make_optimizers, unwrap
+from gan.adversarial import AdversarialStep, compile_enabled, make_optimizers, unwrap
 
 
 def _networks(seed=0):

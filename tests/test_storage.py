@@ -2,7 +2,7 @@ import uuid
 
 import pytest
 
-from pipelines import storage
+from pipelines.cluster import storage
 
 
 def test_local_roundtrip_is_atomic_and_listable(tmp_path):

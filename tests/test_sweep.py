@@ -14,7 +14,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipelines.checkpoints import load_generator
+from pipelines.training.checkpoints import load_generator
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

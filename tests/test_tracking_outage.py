@@ -4,7 +4,8 @@ training must not fail, nothing may be lost, and the outage clock must run."""
 import socket
 import time
 
-from pipelines import storage, tracking
+from pipelines.cluster import storage
+from pipelines.records import tracking
 
 
 def _closed_port() -> int:

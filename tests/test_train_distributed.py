@@ -8,10 +8,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from gan.training import AdversarialStep, unwrap
-from pipelines import tracking
+from gan.adversarial import AdversarialStep, unwrap
+from pipelines.records import tracking
 from pipelines.training import loop, trainer as train
-from pipelines.checkpoints import build_networks, load_state
+from pipelines.training.checkpoints import build_networks, load_state
 from pipelines.config import load_config
 from tests.datasets import synthetic_dataset
 
@@ -194,7 +194,7 @@ def test_a_killed_run_ends_with_the_weights_of_an_uninterrupted_one(ray_local, t
 def test_checkpoints_keep_the_running_average_of_g(ray_local, tmp_path, dataset):
     """train.ema_decay: the checkpoint holds G's running average beside G itself; evaluation,
     registration and `dcgan generate` load the average, and the paper's plain G stays there."""
-    from pipelines.checkpoints import generator_from_state
+    from pipelines.training.checkpoints import generator_from_state
 
     cfg = smoke(tmp_path / "ema", dataset, "train.iterations=4", "train.checkpoint_every=4", "train.ema_decay=0.5",
                 "train.ema_rampup=null")

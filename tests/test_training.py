@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gan.models import Discriminator, Generator
-from gan.training import AdversarialStep, make_optimizers
+from gan.adversarial import AdversarialStep, make_optimizers
 
 
 def _tiny(seed=0, k=1, loss="non_saturating"):

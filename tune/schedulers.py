@@ -17,7 +17,7 @@ import json
 
 from ray.tune.schedulers import ASHAScheduler
 
-from pipelines import storage
+from pipelines.cluster import storage
 
 
 class ResumableASHA(ASHAScheduler):

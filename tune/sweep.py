@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines import storage, tracking
+from pipelines.cluster import storage
+from pipelines.records import tracking
 from pipelines.config import ConfigError, PipelineConfig
-from pipelines.entrypoint import config_parser, run_command
-from pipelines.preflight import check_data
+from pipelines.steps.entrypoint import config_parser, run_command
+from pipelines.driver.preflight import check_data
 from tune.sweep_config import SweepConfig, load_sweep
 
 PROG = "dcgan sweep"
@@ -58,8 +59,8 @@ class Sweep:
 def run_sweep(sweep_config: SweepConfig | None, resume: str | None = None) -> dict[str, Any]:
     import mlflow
 
-    from pipelines.lineage import log_dataset
-    from pipelines.provenance import git_commit
+    from pipelines.records.lineage import log_dataset
+    from pipelines.driver.provenance import git_commit
 
     sweep = open_sweep(sweep_config, resume)
     t0 = time.time()
@@ -93,7 +94,7 @@ def run_sweep(sweep_config: SweepConfig | None, resume: str | None = None) -> di
 def open_sweep(sweep_config: SweepConfig | None, resume: str | None) -> Sweep:
     """A new sweep, or the interrupted one in ``resume``; checks tracking, data and storage
     before anything starts."""
-    from pipelines.provenance import unique_run_name
+    from pipelines.driver.provenance import unique_run_name
 
     state = json.loads(storage.read_bytes(storage.join(resume, STATE_FILE))) if resume else {}
     sweep_config = SweepConfig.model_validate(state["sweep"]) if resume else sweep_config
@@ -116,7 +117,7 @@ def prepare_cluster_and_data(sweep: Sweep) -> dict:
     (once, cached beside the dataset, before trials race for them)."""
     import ray
 
-    from pipelines.cluster import init_ray
+    from pipelines.cluster.connect import init_ray
     from pipelines.dataset.ingestion import ensure_dataset
     from pipelines.training.trainer import make_evaluator
 
@@ -215,9 +216,9 @@ def record_results(sweep: Sweep, results, prep_s: float, sweep_s: float):
 
 def register_best(sweep: Sweep, best, manifest: dict):
     """The best trial's generator, registered; champion only if it beats the current one."""
-    from pipelines import registry
-    from pipelines.checkpoints import generator_from_state, load_state
-    from pipelines.lineage import mlflow_dataset
+    from pipelines.records import registry
+    from pipelines.training.checkpoints import generator_from_state, load_state
+    from pipelines.records.lineage import mlflow_dataset
 
     generator = generator_from_state(load_state(storage.as_uri(best["checkpoint_path"], sweep.directory)))
     tags = {"sweep_run_id": sweep.parent_run_id, "trial_id": best["trial_id"],

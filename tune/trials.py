@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines import tracking
+from pipelines.records import tracking
 from pipelines.config import PipelineConfig
 from pipelines.evaluation.metrics import metric_key, ranking_metric
 from tune.sweep_config import SweepConfig
@@ -54,7 +54,7 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.dataset.format import read_manifest
-    from pipelines.lineage import log_dataset
+    from pipelines.records.lineage import log_dataset
     from pipelines.training.trainer import fit, make_evaluator
 
     ctx = config["context"]

@@ -28,7 +28,7 @@ manifest.json (written LAST: a folder without one is an unfinished ingest):
   duplicates    how many exact duplicates were dropped
   shards        [{"file", "rows", "bytes"}], file names relative to the dataset folder
 
-Training splits (see pipelines/dataset/feed.py): Ray Train gives each worker an equal share
+Training splits (see pipelines/dataset/streaming.py): Ray Train gives each worker an equal share
 of the rows per epoch (``streaming_split(equal=True)`` drops the at most
 num_workers - 1 rows that do not divide) and batches are ``drop_last``, so every DDP
 rank runs the same number of steps. With shuffling on, which rows fall into those
@@ -45,7 +45,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from pipelines import storage
+from pipelines.cluster import storage
 
 FORMAT = "dcgan-parquet-v1"
 MANIFEST = "manifest.json"

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.errors import PipelineError
-from pipelines import storage
-from pipelines.cluster import init_ray
+from pipelines.cluster import storage
+from pipelines.cluster.connect import init_ray
 from pipelines.config import PipelineConfig
 from pipelines.dataset.format import (
     FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, SHARD_SUFFIX, content_hash, read_columns, read_manifest, rows_per_shard,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipelines import storage
+from pipelines.cluster import storage
 from pipelines.dataset.decode import decode_square
 from pipelines.dataset.reading import BLOCK_ROWS, SourceError, decode_each, read_parts
 

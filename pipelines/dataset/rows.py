@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines import storage
+from pipelines.cluster import storage
 from gan.splits import Holdout
 from pipelines.dataset.format import IMAGE, KEY, PIXEL_SHA256, SHARD_SUFFIX, decode_images, read_manifest
 from pipelines.errors import PipelineError

@@ -26,7 +26,7 @@ from functools import partial
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipelines import storage
+from pipelines.cluster import storage
 from pipelines.dataset.decode import IMAGE_SUFFIXES, UnreadableImage, decode_square, is_image_name, square_resize
 from pipelines.dataset.format import FORMAT, IMAGE, KEY, MANIFEST, SHARD_SUFFIX, decode_images
 from pipelines.dataset.placement import on_nodes_that_see

@@ -19,7 +19,7 @@ import numpy as np
 
 from gan import fid
 from gan import memorization as mem
-from pipelines import storage
+from pipelines.cluster import storage
 from pipelines.config import EvalConfig, PipelineConfig
 from pipelines.dataset.format import KEY, SHARD_SUFFIX, read_manifest
 from pipelines.dataset.rows import ROWS_PER_CHUNK, dataset_chunks, split_rows

@@ -161,7 +161,7 @@ def log_to_mlflow(result: EvaluationResult, tracking_uri: str, run_id: str | Non
     metrics are linked to it; with a logged model's ``model_id`` they are linked to it too."""
     import mlflow
 
-    from pipelines import lineage, tracking
+    from pipelines.records import lineage, tracking
 
     client = mlflow.MlflowClient(tracking_uri)
     new_run = run_id is None

@@ -110,7 +110,7 @@ class WorkerPool:
         if workers > 0:
             import ray
 
-            from pipelines.cluster import init_ray
+            from pipelines.cluster.connect import init_ray
 
             init_ray()  # RAY_ADDRESS when set, else a local cluster
             remote = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=cpus_per_worker)(EvaluationWorker)

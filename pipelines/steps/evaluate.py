@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines import storage, tracking
-from pipelines.tracking import CHECKPOINT_TAG, MLFLOW_SCHEMES
+from pipelines.cluster import storage
+from pipelines.records import tracking
+from pipelines.records.tracking import CHECKPOINT_TAG, MLFLOW_SCHEMES
 from pipelines.config import PipelineConfig, deep_merge, load_config, parse_overrides, validate
-from pipelines.entrypoint import config_parser, run_command
+from pipelines.steps.entrypoint import config_parser, run_command
 from pipelines.errors import EvaluationError
 
 PROG = "dcgan evaluate"
@@ -75,7 +76,7 @@ def evaluate(args) -> int:
     if args.dataset:
         overrides = deep_merge(overrides, {"data": {"dataset": args.dataset}})
     location, run_id = resolve_target(args.run, validate(deep_merge(base.model_dump(), overrides)).tracking_uri())
-    from pipelines.checkpoints import generator_from_state, load_generator, load_state
+    from pipelines.training.checkpoints import generator_from_state, load_generator, load_state
     from pipelines.dataset.format import read_manifest
     from pipelines.evaluation.generator_eval import evaluate_generator, log_to_mlflow
     from pipelines.evaluation.pool import WorkerPool, workers_for

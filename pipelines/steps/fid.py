@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.entrypoint import run_command
+from pipelines.steps.entrypoint import run_command
 from pipelines.errors import PipelineError
 
 PROG = "dcgan fid"

@@ -20,12 +20,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines import storage
+from pipelines.cluster import storage
 from pipelines.config import PipelineConfig
-from pipelines.entrypoint import run_command
+from pipelines.steps.entrypoint import run_command
 from pipelines.errors import PipelineError
-from pipelines.seeds import parse_ranges
-from pipelines.tracking import MLFLOW_SCHEMES
+from pipelines.steps.id_ranges import parse_ranges
+from pipelines.records.tracking import MLFLOW_SCHEMES
 
 PROG = "dcgan generate"
 GRID_MAX = 1024  # images in one grid file; more go to a folder
@@ -59,7 +59,7 @@ def generate(args) -> int:
     import torch
 
     from gan.latent_space import interpolate, seeded_z
-    from pipelines.checkpoints import load_generator
+    from pipelines.training.checkpoints import load_generator
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     generator = load_generator(args.model, device=device,

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 
-from pipelines import storage
+from pipelines.cluster import storage
 from pipelines.config import PipelineConfig, load_config
 from pipelines.dataset.format import MANIFEST
 from pipelines.dataset.sources import check_source
-from pipelines.entrypoint import config_parser, run_command
+from pipelines.steps.entrypoint import config_parser, run_command
 
 PROG = "dcgan ingest"
 

@@ -27,13 +27,13 @@ from gan import latent_space
 from gan.images import grid
 from gan.models import Generator
 from pipelines.errors import PipelineError
-from pipelines import tracking
-from pipelines.checkpoints import load_generator
-from pipelines.figures import grid_cells, hstack, label, marked_overlay, tile, upscaled, vstack
+from pipelines.records import tracking
+from pipelines.training.checkpoints import load_generator
+from gan.panels import grid_cells, hstack, label, marked_overlay, tile, upscaled, vstack
 from pipelines.config import PipelineConfig
-from pipelines.entrypoint import run_command
-from pipelines.seeds import parse_ranges
-from pipelines.storage import StorageError
+from pipelines.steps.entrypoint import run_command
+from pipelines.steps.id_ranges import parse_ranges
+from pipelines.cluster.storage import StorageError
 
 
 class LatentError(PipelineError, ValueError):

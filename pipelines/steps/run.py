@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 
-from pipelines import tracking
+from pipelines.records import tracking
 from pipelines.config import PipelineConfig, load_config
-from pipelines.entrypoint import config_parser, run_command
-from pipelines.preflight import preflight
+from pipelines.steps.entrypoint import config_parser, run_command
+from pipelines.driver.preflight import preflight
 
 PROG = "dcgan run"
 
@@ -24,7 +24,7 @@ def ingest_step(cfg: PipelineConfig, uri: str, parent_id: str) -> dict:
     import mlflow
 
     from pipelines.dataset.ingestion import ensure_dataset
-    from pipelines.lineage import log_dataset
+    from pipelines.records.lineage import log_dataset
 
     with tracking.run(uri, cfg.tracking.experiment, run_name="ingest", parent_run_id=parent_id,
                       tags={"pipeline_step": "ingest"}):
@@ -40,7 +40,7 @@ def ingest_step(cfg: PipelineConfig, uri: str, parent_id: str) -> dict:
 def evaluate_step(cfg: PipelineConfig, uri: str, parent_id: str, generator, manifest: dict) -> dict:
     from pipelines.evaluation.generator_eval import evaluate_generator, log_to_mlflow
     from pipelines.evaluation.pool import WorkerPool, workers_for
-    from pipelines.lineage import log_dataset
+    from pipelines.records.lineage import log_dataset
 
     with tracking.run(uri, cfg.tracking.experiment, run_name="evaluate", parent_run_id=parent_id,
                       tags={"pipeline_step": "evaluate"}) as active, \
@@ -55,8 +55,8 @@ def evaluate_step(cfg: PipelineConfig, uri: str, parent_id: str, generator, mani
 def register_step(cfg: PipelineConfig, generator, manifest: dict, evaluation: dict) -> dict:
     """Log G to the pipeline run with its metrics linked to it and the dataset, register a
     version, and promote it if it is the best."""
-    from pipelines import registry
-    from pipelines.lineage import mlflow_dataset
+    from pipelines.records import registry
+    from pipelines.records.lineage import mlflow_dataset
 
     from pipelines.evaluation.metrics import ranking_metric
 
@@ -83,10 +83,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     # MLflow, torch and Ray load only now: a wrong input is reported before they take seconds to import.
     import mlflow
 
-    from pipelines.checkpoints import checkpoint_uri, generator_from_state, load_state
-    from pipelines.cluster import init_ray
-    from pipelines.lineage import log_dataset
-    from pipelines.provenance import git_commit, unique_run_name
+    from pipelines.training.checkpoints import checkpoint_uri, generator_from_state, load_state
+    from pipelines.cluster.connect import init_ray
+    from pipelines.records.lineage import log_dataset
+    from pipelines.driver.provenance import git_commit, unique_run_name
     from pipelines.training.trainer import run_training
 
     init_ray(cfg)

@@ -11,8 +11,8 @@ The driver is :mod:`pipelines.training.trainer`, the worker loop
 from __future__ import annotations
 
 from pipelines.config import load_config
-from pipelines.entrypoint import config_parser, run_command
-from pipelines.preflight import preflight
+from pipelines.steps.entrypoint import config_parser, run_command
+from pipelines.driver.preflight import preflight
 
 PROG = "dcgan train"
 
@@ -21,7 +21,7 @@ def train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     preflight(cfg)
     # Torch and Ray load only now: a wrong input is reported before they take seconds to import.
-    from pipelines.checkpoints import checkpoint_uri
+    from pipelines.training.checkpoints import checkpoint_uri
     from pipelines.training.trainer import run_training
 
     run_id, result, _ = run_training(cfg)

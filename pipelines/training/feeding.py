@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from pipelines.dataset.feed import epoch_batches
+from pipelines.dataset.streaming import epoch_batches
 
 log = logging.getLogger("dcgan.train")
 

@@ -28,12 +28,12 @@ import torch
 
 from gan.images import grid
 from gan.ema import GeneratorEMA
-from gan.training import AdversarialStep, DataPosition, make_optimizers, unwrap
-from pipelines import tracking
-from pipelines.checkpoints import build_networks, load_state, save_state
+from gan.adversarial import AdversarialStep, DataPosition, make_optimizers, unwrap
+from pipelines.records import tracking
+from pipelines.training.checkpoints import build_networks, load_state, save_state
 from pipelines.config import PipelineConfig
-from pipelines.distributed import convert_sync_batchnorm, ddp_kwargs, replica_divergence
-from pipelines.hardware import step_options
+from pipelines.training.distributed import convert_sync_batchnorm, ddp_kwargs, replica_divergence
+from pipelines.training.hardware import step_options
 from pipelines.training import outages, reporting, stopping
 from pipelines.training.feeding import build_feed
 
@@ -132,7 +132,7 @@ def build_training(cfg: PipelineConfig, device: torch.device, world: int):
     """G and D (DDP-wrapped when world > 1), their optimizers, and the device options.
 
     Call inside a Ray Train worker: ``prepare_model`` wraps in DDP (it returns the bare
-    module for a single worker, which ``gan.training.unwrap`` handles alike)."""
+    module for a single worker, which ``gan.adversarial.unwrap`` handles alike)."""
     import ray.train.torch
 
     opts = step_options(device, cfg.train.mixed_precision, cfg.train.channels_last)

@@ -1,6 +1,6 @@
 """What a training worker does when a service it needs stops answering mid-run.
 
-- MLflow away: rank 0 keeps training; its :class:`pipelines.tracking.MetricBuffer`
+- MLflow away: rank 0 keeps training; its :class:`pipelines.records.tracking.MetricBuffer`
   keeps what it could not send (inside every checkpoint too) and delivers it, in step
   order, at the first checkpoint after the server is back. A sample grid that cannot be
   uploaded is skipped with a warning. Past ``tracking.outage_timeout_s`` every rank
@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import torch
 
-from pipelines import storage, tracking
+from pipelines.cluster import storage
+from pipelines.records import tracking
 
 log = logging.getLogger("dcgan.train")
 

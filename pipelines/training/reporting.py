@@ -3,7 +3,7 @@
 MLflow's system metrics (``system/...``) sample the driver's machine; the training
 workers' GPUs are elsewhere on a cluster, so each log window rank 0 gathers every
 worker's peak GPU memory and utilisation and logs them as ``worker<r>/gpu_*`` metrics.
-The plots (:mod:`pipelines.plots`) are redrawn from the run's metric history at each
+The plots (:mod:`pipelines.records.plots`) are redrawn from the run's metric history at each
 checkpoint and logged under ``plots/``.
 """
 
@@ -53,7 +53,7 @@ def log_training_plots(client, run_id: str | None) -> None:
     A failure to draw never stops training: it is logged and skipped."""
     if client is None or not run_id:
         return
-    from pipelines.plots import run_histories, training_plots
+    from pipelines.records.plots import run_histories, training_plots
 
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -8,9 +8,9 @@ log window's end (every ``train.log_every`` iterations, an iteration boundary ev
 reaches together), rank 0 asks the actor and tells the others, and all of them write one
 final checkpoint and return. ``fit`` then returns as after a normal end, and the driver
 raises :class:`TrainingStopped` (a ``SystemExit``), which ends its MLflow runs KILLED
-(:func:`pipelines.tracking.run`). ``train.resume_from=<that checkpoint>`` continues the
+(:func:`pipelines.records.tracking.run`). ``train.resume_from=<that checkpoint>`` continues the
 run. Outside training, SIGTERM ends the command at once, its runs also KILLED
-(:func:`pipelines.entrypoint.run_command`).
+(:func:`pipelines.steps.entrypoint.run_command`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Distributed DCGAN training on Ray Train: the driver side.
 
 :func:`fit` builds the ``TorchTrainer`` that runs :func:`pipelines.training.loop.train_loop_per_worker`
-on every worker: Algorithm 1 from ``gan.training`` with both networks under DDP, its
+on every worker: Algorithm 1 from ``gan.adversarial`` with both networks under DDP, its
 own shard of the Parquet dataset, and per-rank noise. Checkpoints (G, D, both
 optimizers, counters, fixed noise, data position, config and the metrics not yet
 committed to MLflow) go to ``<storage>/checkpoints/<run name>``, local or S3; a dead
@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pipelines import storage, tracking
-from pipelines.checkpoints import checkpoint_uri, load_state
-from pipelines.cluster import init_ray
+from pipelines.cluster import storage
+from pipelines.records import tracking
+from pipelines.training.checkpoints import checkpoint_uri, load_state
+from pipelines.cluster.connect import init_ray
 from pipelines.config import PipelineConfig
-from pipelines.dataset.feed import train_dataset
+from pipelines.dataset.streaming import train_dataset
 from pipelines.dataset.format import read_manifest
 from pipelines.dataset.ingestion import ensure_dataset
-from pipelines.provenance import git_commit, unique_run_name
+from pipelines.driver.provenance import git_commit, unique_run_name
 from pipelines.training.loop import train_loop_per_worker
 
 def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
@@ -137,7 +138,7 @@ def run_training(cfg: PipelineConfig, parent_run_id: str | None = None):
     with the dataset as its input and the driver's system metrics. A SIGTERM (``ray job
     stop``) stops it at the next log window with a final checkpoint and raises
     :class:`pipelines.training.stopping.TrainingStopped`, which ends the run KILLED."""
-    from pipelines.lineage import log_dataset
+    from pipelines.records.lineage import log_dataset
     from pipelines.training.stopping import TrainingStopped, graceful_stop
 
     tracking_uri = cfg.tracking_uri()

@@ -7,14 +7,14 @@ import os
 import numpy as np
 
 from pipelines.config import PipelineConfig
-from pipelines.shared_paths import check_shared
+from pipelines.cluster.shared_paths import check_shared
 
 
 def init_ray(cfg: PipelineConfig | None = None) -> None:
     """Connect to RAY_ADDRESS when set (``ray job submit`` sets it), else start Ray in-process.
 
     Joining a cluster, the config's local folders are checked to be seen by every node
-    (:func:`pipelines.shared_paths.check_shared`); a one-node cluster passes at once.
+    (:func:`pipelines.cluster.shared_paths.check_shared`); a one-node cluster passes at once.
 
     In-process, Ray gets one logical CPU more than the training workers reserve: Ray
     Data's read tasks need a CPU of their own, and with none left the feed would wait

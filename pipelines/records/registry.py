@@ -6,7 +6,7 @@ without this project's source and without unpickling code, with a dynamic batch
 dimension and a signature z (N, latent_dim) float32 -> images (N, 3, R, R) in [-1, 1].
 An exported graph has no submodules to hook, but it keeps the weights' names, so this
 project's tools rebuild the hookable ``gan.models.Generator`` from it
-(``pipelines.checkpoints.as_generator``).
+(``pipelines.training.checkpoints.as_generator``).
 
 FID, KID and the audit's figures are metrics linked to the logged model and the dataset
 (MLflow 3's ``log_metric(..., model_id=, dataset=)``), so a version's page shows them.
@@ -121,7 +121,7 @@ def register_and_promote(generator: torch.nn.Module, name: str, fid: float, fid_
 
     ``blocked`` (why, e.g. the copying audit's verdict) registers the version but never
     promotes it, and tags the reason on it."""
-    from pipelines.provenance import git_commit
+    from pipelines.driver.provenance import git_commit
 
     info = log_generator(generator)
     measured = ({fid_metric: fid} if math.isfinite(fid) and fid_metric != "none" else {}) | dict(metrics or {})

@@ -36,7 +36,7 @@ from typing import Iterator
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from pipelines import storage
+from pipelines.cluster import storage
 from pipelines.dataset.format import IMAGE, PIXEL_SHA256, SHARD_SUFFIX, decode_images, read_manifest
 
 

@@ -7,7 +7,8 @@ and leaves no storage folder, MLflow database or Ray session behind.
 
 from __future__ import annotations
 
-from pipelines import storage, tracking
+from pipelines.cluster import storage
+from pipelines.records import tracking
 from pipelines.config import PipelineConfig
 from pipelines.dataset.format import MANIFEST
 from pipelines.dataset.sources import check_source

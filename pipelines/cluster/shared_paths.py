@@ -19,7 +19,7 @@ import os
 import uuid
 from pathlib import Path
 
-from pipelines import storage
+from pipelines.cluster import storage
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
 

@@ -6,7 +6,7 @@ it used, and runs on the same data are found by its digest. The digest is the da
 content hash (``manifest.json``: SHA-256 over the images' pixel hashes), cut to the
 32 hex digits MLflow stores (its limit is 36 characters); the full hash is in the
 dataset's profile and in the runs' ``dataset_hash`` tag. Metrics that belong to the
-dataset (FID, KID, the audit) are logged with it too (:func:`pipelines.registry.log_model_metrics`).
+dataset (FID, KID, the audit) are logged with it too (:func:`pipelines.records.registry.log_model_metrics`).
 """
 
 from __future__ import annotations

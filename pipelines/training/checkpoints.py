@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from gan.models import Discriminator, Generator
-from pipelines import storage, tracking
-from pipelines.tracking import MLFLOW_SCHEMES
+from pipelines.cluster import storage
+from pipelines.records import tracking
+from pipelines.records.tracking import MLFLOW_SCHEMES
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

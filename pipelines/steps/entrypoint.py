@@ -17,6 +17,7 @@ import sys
 import threading
 from typing import Callable
 
+from pipelines.cluster.openmp import sleep_idle_threads
 from pipelines.errors import PipelineError
 
 OVERRIDES_HELP = "key=value config overrides with dotted keys, e.g. train.lr_d=1e-4"
@@ -46,6 +47,7 @@ def _exit_on_sigterm(signum, frame):
 
 def run_command(prog: str, command: Callable[[], int | None]) -> int:
     """``command()``'s exit status; an expected error becomes its message and status 2."""
+    sleep_idle_threads()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:

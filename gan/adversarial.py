@@ -92,7 +92,7 @@ def make_optimizers(
     """Adam with the DCGAN paper's settings (lr 2e-4, beta1 0.5), one per network.
 
     ``fused``: None is PyTorch's default (foreach); ``"auto"`` fuses where it pays, on
-    CUDA parameters (on CPUs fused measured no faster, see pipelines/hardware.py).
+    CUDA parameters (on CPUs fused measured no faster, see pipelines/training/hardware.py).
     """
     if fused == "auto":
         fused = True if next(generator.parameters()).device.type == "cuda" else None
