@@ -95,6 +95,7 @@ def feed_rate(dataset: str, resolution: int, batch: int, epochs: int, shuffle_bu
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipelines.dataset.format import read_manifest
     from pipelines.dataset.streaming import train_dataset
 
     def loop(config):
@@ -115,7 +116,7 @@ def feed_rate(dataset: str, resolution: int, batch: int, epochs: int, shuffle_bu
         train_loop_config={"epochs": epochs, "batch": batch, "resolution": resolution, "buffer": shuffle_buffer,
                            "result": f"{workdir}/feed.json"},
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-        datasets={"train": train_dataset(dataset)},
+        datasets={"train": train_dataset(dataset, read_manifest(dataset))},
         run_config=RunConfig(storage_path=workdir, name="feed"),
     )
     trainer.fit()

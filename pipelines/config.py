@@ -124,6 +124,11 @@ class TrainConfig(_Section):
     sample_every: int = Field(0, ge=0, description="iterations between sample grids (0: once per epoch)")
     checkpoint_every: int = Field(200, ge=1, description="iterations between checkpoints (and one at the end)")
     keep_checkpoints: int = Field(3, ge=1)
+    run_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="a name for this training run: launched again under the same name (the job resubmitted after its "
+        "driver or head node was lost), it continues from its newest checkpoint in the same MLflow run; a config "
+        "that would train something else is refused. Unset: every launch is a new run with a unique name")
     resume_from: str | None = Field(None, description="a checkpoint folder (local or s3://) to continue from")
     storage_timeout_s: float = Field(
         60, gt=0, description="how long a checkpoint waits for its storage to answer (retrying with backoff) "
@@ -227,6 +232,8 @@ class PipelineConfig(_Section):
         return join_uri(self.storage, "checkpoints")
 
     def tracking_uri(self) -> str:
+        """``tracking.uri``, which :func:`load_config` fills in once, on the driver; for a config
+        built otherwise, $MLFLOW_TRACKING_URI or the SQLite file under ``storage``."""
         if self.tracking.uri:
             return self.tracking.uri
         if os.environ.get("MLFLOW_TRACKING_URI"):
@@ -254,10 +261,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def _allowed_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    return [prefix + name for name in model.model_fields]
 
 
 def _section_model(path: list[str]) -> type[BaseModel] | None:
@@ -360,5 +363,8 @@ def validate(data: dict[str, Any]) -> PipelineConfig:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> PipelineConfig:
-    """Preset YAML (or none: the embedded defaults) + dotted overrides -> a validated config."""
-    return validate(deep_merge(load_raw(path), parse_overrides(overrides or [])))
+    """Preset YAML (or none: the embedded defaults) + dotted overrides -> a validated config,
+    its tracking URI resolved here, once (workers and trials get the driver's)."""
+    cfg = validate(deep_merge(load_raw(path), parse_overrides(overrides or [])))
+    cfg.tracking.uri = cfg.tracking_uri()
+    return cfg

@@ -1,4 +1,4 @@
-"""Small datasets in the canonical Parquet format (pipelines/dataset_format.py) for tests."""
+"""Small datasets in the canonical Parquet format (pipelines/dataset/format.py) for tests."""
 
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ def test_two_workers_get_disjoint_equal_shards_covering_the_dataset_each_epoch(t
         train_loop_config={"out": str(out), "feed": feed, "uris": {"divisible": divisible_uri, "remainder": remainder_uri}},
         # Half a CPU each: the other CPU is left to Ray Data's read tasks.
         scaling_config=ScalingConfig(num_workers=WORKERS, resources_per_worker={"CPU": 0.5}),
-        datasets={"divisible": train_dataset(divisible_uri), "remainder": train_dataset(remainder_uri)},
+        datasets={"divisible": train_dataset(divisible_uri, read_manifest(divisible_uri)), "remainder": train_dataset(remainder_uri, read_manifest(remainder_uri))},
         run_config=RunConfig(storage_path=str(tmp_path / "train"), name=f"sharding-{feed}"),
     )
     trainer.fit()
@@ -121,7 +121,7 @@ def test_synthetic_source_is_the_embedded_bedrooms_and_round_trips_to_model_inpu
     assert manifest["source"].startswith("synthetic-bedrooms") and manifest["skipped"] == []
 
     # The feed delivers exactly those pixels (uint8), and as [-1, 1] floats they round-trip.
-    batches = list(epoch_batches(train_dataset(uri, shuffle_files=False).iterator(), 16, RES, epoch=0))
+    batches = list(epoch_batches(train_dataset(uri, read_manifest(uri), shuffle_files=False).iterator(), 16, RES, epoch=0))
     assert len(batches) == 1
     assert sorted(_stored_pixel_hash(batches[0])) == sorted(by_hash)
     floats = normalize(batches[0])

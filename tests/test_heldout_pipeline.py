@@ -14,7 +14,7 @@ from gan.models import Generator
 from pipelines.records import registry, tracking
 from pipelines.config import load_config
 from pipelines.dataset.streaming import train_dataset
-from pipelines.dataset.format import IMAGE, KEY, PIXEL_SHA256, decode_images, read_columns
+from pipelines.dataset.format import IMAGE, KEY, PIXEL_SHA256, decode_images, read_columns, read_manifest
 from pipelines.dataset.ingestion import ensure_dataset
 from pipelines.dataset.rows import read_shard, split_rows
 from pipelines.evaluation.generator_eval import evaluate_generator
@@ -59,7 +59,7 @@ def test_holdout_is_recorded_stable_and_never_trained_on(dataset, tmp_path):
     assert len(shards[0]) == len(shards[1]) == (N - HELD) // 2 and not set(shards[0]) & set(shards[1])
     assert set(shards[0]) | set(shards[1]) == {keys[i] for i in train}
     # The stream a too-big shard would use holds the training rows only, too.
-    streamed = train_dataset(cfg.dataset_uri, shuffle_files=False).take_all()
+    streamed = train_dataset(cfg.dataset_uri, read_manifest(cfg.dataset_uri), shuffle_files=False).take_all()
     assert len(streamed) == N - HELD
     assert {hashes[keys.index(k)] for k in shards[0] + shards[1]}.isdisjoint(held_hashes)
 

@@ -51,7 +51,7 @@ def test_s3_source_to_s3_dataset_that_training_reads(ray_with_s3, lsun_files, tm
     np.testing.assert_array_equal(stored[photos[3].name], decode_square(photos[3].read_bytes(), RES))
 
     # Training input straight from S3.
-    batches = list(epoch_batches(train_dataset(f"s3://{bucket}/datasets/b32").iterator(), 4, RES, epoch=0))
+    batches = list(epoch_batches(train_dataset(f"s3://{bucket}/datasets/b32", read_manifest(f"s3://{bucket}/datasets/b32")).iterator(), 4, RES, epoch=0))
     assert len(batches) == 3 and all(b.shape == (4, 3, RES, RES) for b in batches)
 
     # An ingested dataset in S3 is itself a source: here, resized to 16 px.

@@ -13,6 +13,7 @@ from pipelines.records import tracking
 from pipelines.training import loop, trainer as train
 from pipelines.training.checkpoints import build_networks, load_state
 from pipelines.config import load_config
+from pipelines.driver.named_runs import unique_run_name
 from tests.datasets import synthetic_dataset
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def smoke(tmp_path, dataset, *overrides):
 def test_two_workers_keep_identical_replicas(ray_local, tmp_path, dataset):
     cfg = smoke(tmp_path, dataset, "scaling.num_workers=2", "train.iterations=6", "train.checkpoint_every=3",
                 "train.keep_checkpoints=1", "train.batch_size=16")
-    result = train.fit(cfg, run_name=train.unique_run_name(cfg))
+    result = train.fit(cfg, run_name=unique_run_name(cfg))
     assert result.error is None
     assert result.metrics["iteration"] == 6
     assert result.metrics["replica_divergence"] == 0.0  # parameters bit-identical on both ranks
@@ -54,7 +55,7 @@ def _one_d_step(config):
     cfg = PipelineConfig.model_validate(config["pipeline"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    g, d, opt_g, opt_d, opts = loop.build_training(cfg, ray.train.torch.get_device(), world)
+    g, d, opt_g, opt_d, opts = loop.prepare_networks(cfg, ray.train.torch.get_device(), world)
     step = AdversarialStep(g, d, opt_g, opt_d, cfg.model.latent_dim)
     b = config["images"].shape[0] // world
     sl = slice(rank * b, (rank + 1) * b)
@@ -103,7 +104,7 @@ def test_killed_worker_resumes_without_gaps_or_duplicates(ray_local, tmp_path, d
                 "train.log_every=2", "train.batch_size=16", "train.fail_at_iteration=7", "scaling.max_failures=2")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with tracking.run(uri, "failures", run_name="kill-test") as active:
-        result = train.fit(cfg, run_name=train.unique_run_name(cfg), tracking_uri=uri, mlflow_run_id=active.info.run_id)
+        result = train.fit(cfg, run_name=unique_run_name(cfg), tracking_uri=uri, mlflow_run_id=active.info.run_id)
     assert result.error is None
     assert result.metrics["iteration"] == 10
     client = MlflowClient(uri)
@@ -121,7 +122,7 @@ def test_killed_worker_resumes_without_gaps_or_duplicates(ray_local, tmp_path, d
 def test_checkpoints_to_s3_and_resume_by_hand(ray_local, tmp_path, dataset, s3_env):
     bucket = s3_env.create_bucket("ckpt-" + uuid.uuid4().hex[:8])
     cfg = smoke(tmp_path, dataset, f"storage=s3://{bucket}/dcgan", "train.iterations=4", "train.checkpoint_every=2")
-    result = train.fit(cfg, run_name=train.unique_run_name(cfg))
+    result = train.fit(cfg, run_name=unique_run_name(cfg))
     assert result.error is None
     ckpt = train.checkpoint_uri(result)
     assert ckpt.startswith(f"s3://{bucket}/dcgan/checkpoints/")
@@ -130,7 +131,7 @@ def test_checkpoints_to_s3_and_resume_by_hand(ray_local, tmp_path, dataset, s3_e
 
     more = smoke(tmp_path, dataset, f"storage=s3://{bucket}/dcgan", "train.iterations=6", "train.checkpoint_every=2",
                  f"train.resume_from={ckpt}")
-    resumed = train.fit(more, run_name=train.unique_run_name(more))
+    resumed = train.fit(more, run_name=unique_run_name(more))
     assert resumed.error is None and resumed.metrics["iteration"] == 6
     first, second = load_state(ckpt), load_state(train.checkpoint_uri(resumed))
     assert first["iteration"] == 4 and second["iteration"] == 6
@@ -145,7 +146,7 @@ def test_a_run_resumed_from_its_final_checkpoint_reports_it_again(ray_local, tmp
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = smoke(tmp_path, dataset, "train.iterations=4", "train.checkpoint_every=2")
-    name = train.unique_run_name(cfg)
+    name = unique_run_name(cfg)
     first = train.fit(cfg, run_name=name)
     assert first.error is None
 
@@ -171,9 +172,9 @@ def test_a_killed_run_ends_with_the_weights_of_an_uninterrupted_one(ray_local, t
     common = ["data.shuffle=true", f"scaling.num_workers={workers}", "train.iterations=10", "train.checkpoint_every=4",
               "train.log_every=2", "train.batch_size=16", "train.deterministic=true", "train.ema_decay=0.999"]
     clean_cfg = smoke(tmp_path / "clean", dataset, *common)
-    clean = train.fit(clean_cfg, run_name=train.unique_run_name(clean_cfg))
+    clean = train.fit(clean_cfg, run_name=unique_run_name(clean_cfg))
     killed_cfg = smoke(tmp_path / "killed", dataset, *common, "train.fail_at_iteration=7", "scaling.max_failures=2")
-    killed = train.fit(killed_cfg, run_name=train.unique_run_name(killed_cfg))
+    killed = train.fit(killed_cfg, run_name=unique_run_name(killed_cfg))
     assert clean.error is None and killed.error is None
     a, b = load_state(train.checkpoint_uri(clean)), load_state(train.checkpoint_uri(killed))
     assert a["iteration"] == b["iteration"] == 10 and a["data_position"] == b["data_position"]
@@ -198,7 +199,7 @@ def test_checkpoints_keep_the_running_average_of_g(ray_local, tmp_path, dataset)
 
     cfg = smoke(tmp_path / "ema", dataset, "train.iterations=4", "train.checkpoint_every=4", "train.ema_decay=0.5",
                 "train.ema_rampup=null")
-    state = load_state(train.checkpoint_uri(train.fit(cfg, run_name=train.unique_run_name(cfg))))
+    state = load_state(train.checkpoint_uri(train.fit(cfg, run_name=unique_run_name(cfg))))
     assert state["generator_ema"]["steps"] == 4 and state["generator_ema"]["decay"] == 0.5
     plain, averaged = generator_from_state(state, ema=False), generator_from_state(state)
     key = "main.to_rgb.0.weight"
@@ -206,6 +207,6 @@ def test_checkpoints_keep_the_running_average_of_g(ray_local, tmp_path, dataset)
     assert not torch.equal(averaged.state_dict()[key], plain.state_dict()[key])
 
     off = smoke(tmp_path / "off", dataset, "train.iterations=2", "train.checkpoint_every=2", "train.ema_decay=0")
-    state = load_state(train.checkpoint_uri(train.fit(off, run_name=train.unique_run_name(off))))
+    state = load_state(train.checkpoint_uri(train.fit(off, run_name=unique_run_name(off))))
     assert state["generator_ema"] is None
     assert torch.equal(generator_from_state(state).state_dict()[key], state["generator"][key])

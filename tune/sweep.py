@@ -26,7 +26,6 @@ from pipelines.cluster import storage
 from pipelines.records import tracking
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.steps.entrypoint import config_parser, run_command
-from pipelines.driver.preflight import check_data
 from tune.sweep_config import SweepConfig, load_sweep
 
 PROG = "dcgan sweep"
@@ -43,28 +42,42 @@ class Sweep:
     config: SweepConfig
     base: PipelineConfig
     tracking_uri: str
-    experiment_id: str
     directory: str
     run_name: str
     parent_run_id: str | None = None
     resumed: bool = False
+    manifest: dict | None = None  # the dataset's, once the driver session has it
+
+    @property
+    def experiment_id(self) -> str:
+        return tracking.configure(self.tracking_uri, self.base.tracking.experiment, check=False)
 
     @property
     def metric(self) -> str:
         from tune.trials import metric_name
 
-        return metric_name(self.base, self.config.metric)
+        return metric_name(self.manifest, self.base, self.config.metric)
 
 
 def run_sweep(sweep_config: SweepConfig | None, resume: str | None = None) -> dict[str, Any]:
-    import mlflow
-
-    from pipelines.records.lineage import log_dataset
-    from pipelines.driver.provenance import git_commit
+    from pipelines.driver.session import open_session
 
     sweep = open_sweep(sweep_config, resume)
     t0 = time.time()
-    manifest = prepare_cluster_and_data(sweep)
+    with open_session(sweep.base, ray_config=ray_config(sweep.config, sweep.base)) as session:
+        return sweep_in_session(sweep, session, t0)
+
+
+def sweep_in_session(sweep: Sweep, session, t0: float) -> dict[str, Any]:
+    import mlflow
+
+    from pipelines.driver.provenance import git_commit
+    from pipelines.records.lineage import log_dataset
+    from pipelines.training.trainer import make_evaluator
+
+    storage.check_writable(sweep.directory)
+    manifest = sweep.manifest = session.manifest
+    make_evaluator(sweep.base, manifest)  # reference statistics, once, before the trials race for them
     prep_s = time.time() - t0
     tags = {"pipeline_step": "sweep", "git_commit": git_commit(), "dataset_hash": manifest["content_hash"]}
     with tracking.run(sweep.tracking_uri, sweep.base.tracking.experiment, run_name=sweep.run_name,
@@ -92,43 +105,24 @@ def run_sweep(sweep_config: SweepConfig | None, resume: str | None = None) -> di
 
 
 def open_sweep(sweep_config: SweepConfig | None, resume: str | None) -> Sweep:
-    """A new sweep, or the interrupted one in ``resume``; checks tracking, data and storage
-    before anything starts."""
-    from pipelines.driver.provenance import unique_run_name
+    """A new sweep, or the interrupted one in ``resume`` (the driver session checks
+    tracking, data and storage before anything starts)."""
+    from pipelines.driver.named_runs import unique_run_name
 
     state = json.loads(storage.read_bytes(storage.join(resume, STATE_FILE))) if resume else {}
     sweep_config = SweepConfig.model_validate(state["sweep"]) if resume else sweep_config
     base = sweep_config.check()
-    check_data(base)
     uri = base.tracking_uri()
-    tracking.check_tracking(uri)
-    experiment_id = tracking.configure(uri, base.tracking.experiment)
     if resume:
-        return Sweep(sweep_config, base, uri, experiment_id, resume, state["sweep_run_name"], state["parent_run_id"],
-                     resumed=True)
+        return Sweep(sweep_config, base, uri, resume, state["sweep_run_name"], state["parent_run_id"], resumed=True)
     run_name = unique_run_name(sweep_config)
-    directory = storage.join(base.storage, "sweeps", run_name)
-    storage.check_writable(directory)
-    return Sweep(sweep_config, base, uri, experiment_id, directory, run_name)
+    return Sweep(sweep_config, base, uri, storage.join(base.storage, "sweeps", run_name), run_name)
 
 
-def prepare_cluster_and_data(sweep: Sweep) -> dict:
-    """Ray sized for the concurrent trials, the dataset, and its reference statistics
-    (once, cached beside the dataset, before trials race for them)."""
-    import ray
-
-    from pipelines.cluster.connect import init_ray
-    from pipelines.dataset.ingestion import ensure_dataset
-    from pipelines.training.trainer import make_evaluator
-
-    base = sweep.base
-    if not ray.is_initialized():
-        scaled = base.model_copy(update={"scaling": base.scaling.model_copy(
-            update={"num_workers": 1, "cpus_per_worker": float(_cpus_needed(sweep.config, base) - 1)})})
-        init_ray(scaled)
-    manifest = ensure_dataset(base)
-    make_evaluator(base, manifest)
-    return manifest
+def ray_config(config: SweepConfig, base: PipelineConfig) -> PipelineConfig:
+    """The base config with a local Ray sized for the concurrent trials."""
+    return base.model_copy(update={"scaling": base.scaling.model_copy(
+        update={"num_workers": 1, "cpus_per_worker": float(_cpus_needed(config, base) - 1)})})
 
 
 def record_start(sweep: Sweep) -> None:
@@ -176,7 +170,7 @@ def make_tuner(sweep: Sweep):
             raise ConfigError("searcher: optuna needs the optuna package: pip install optuna") from e
         search_alg = OptunaSearch(seed=config.seed)
     context = {"sweep": config.model_dump(), "tracking_uri": sweep.tracking_uri, "experiment_id": sweep.experiment_id,
-               "parent_run_id": sweep.parent_run_id, "sweep_run_name": sweep.run_name}
+               "parent_run_id": sweep.parent_run_id, "sweep_run_name": sweep.run_name, "manifest": sweep.manifest}
     return ray.tune.Tuner(
         trainable,
         param_space={"params": search_space(config), "context": context},

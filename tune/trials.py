@@ -1,13 +1,14 @@
 """One sweep trial, and what the sweep makes of all of them: search space, verdicts, table, plot.
 
-Each trial is a multi-worker ``TorchTrainer`` run (:func:`pipelines.training.trainer.fit`).
+Each trial is a multi-worker ``TorchTrainer`` run, trained by the driver session's
+training part (:func:`pipelines.driver.session.train`).
 Ray 2.60 runs Train V2, where ``Tuner(TorchTrainer)`` is refused: the supported way,
 used here, is a Tune *function* trainable (:func:`run_trial`) that builds and fits the
 TorchTrainer itself, with ``TuneReportCallback`` forwarding what rank 0 reports (FID
 every ``eval.fid_every`` iterations, together with a checkpoint) to Tune. The trial's
 Ray Train run is named after the trial, so a trial that restarts (a restored sweep)
 resumes from its own last checkpoint. This package is named ``tune`` after the layer
-it is (see DESIGN.md); Ray's is always imported as ``ray.tune`` here.
+it is (the README's Layout); Ray's is always imported as ``ray.tune`` here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.records import tracking
 from pipelines.config import PipelineConfig
 from pipelines.evaluation.metrics import metric_key, ranking_metric
 from tune.sweep_config import SweepConfig
@@ -37,50 +37,38 @@ def search_space(sweep: SweepConfig) -> dict[str, Any]:
     return space
 
 
-def metric_name(cfg: PipelineConfig, metric: str) -> str:
+def metric_name(manifest: dict, cfg: PipelineConfig, metric: str) -> str:
     """The reported metric a sweep ranks trials by: ``fid`` means FID against the held-out
     images when the dataset has them (a trial that copies cannot win there)."""
     if metric == "fid":
-        from pipelines.dataset.format import read_manifest
-
-        return ranking_metric(read_manifest(cfg.dataset_uri), cfg.eval.fid_samples)
+        return ranking_metric(manifest, cfg.eval.fid_samples)
     return metric_key(metric, cfg.eval.fid_samples)
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """One Tune trial: an MLflow child run around a multi-worker TorchTrainer."""
+    """One Tune trial: the training part of the driver session (:func:`pipelines.driver.session.train`)
+    inside the sweep's session (its tracking and its dataset's manifest, passed down), in
+    an MLflow child run of the sweep; rank 0's reports go to Tune."""
     import ray.tune
     from mlflow.tracking import MlflowClient
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipelines.dataset.format import read_manifest
-    from pipelines.records.lineage import log_dataset
-    from pipelines.training.trainer import fit, make_evaluator
+    from pipelines.driver.named_runs import RunIdentity
+    from pipelines.driver.session import Session, train
 
     ctx = config["context"]
     sweep = SweepConfig.model_validate(ctx["sweep"])
     cfg = sweep.trial_config(config["params"])
     trial_id = ray.tune.get_context().get_trial_id()
     uri, parent = ctx["tracking_uri"], ctx["parent_run_id"]
-    client = MlflowClient(uri)
-    previous = client.search_runs([ctx["experiment_id"]],
-                                  f"tags.trial_id = '{trial_id}' and tags.sweep_run_id = '{parent}'")
-    run_id = previous[0].info.run_id if previous else None
-    tags = {"trial_id": trial_id, "sweep_run_id": parent, "pipeline_step": "trial"}
-    with tracking.run(uri, cfg.tracking.experiment, run_name=f"trial-{trial_id}", run_id=run_id,
-                      parent_run_id=parent, tags=tags) as active:
-        import mlflow
-
-        manifest = read_manifest(cfg.dataset_uri)
-        if run_id is None:
-            mlflow.log_params(tracking.params_from_config(cfg.flat()))
-            mlflow.log_params({f"search.{k}": v for k, v in config["params"].items()})
-            log_dataset(manifest, cfg.dataset_uri, "training")
-        result = fit(cfg, run_name=f"{ctx['sweep_run_name']}-{trial_id}", tracking_uri=uri,
-                     mlflow_run_id=active.info.run_id, evaluator=make_evaluator(cfg, manifest),
-                     callbacks=[TuneReportCallback()], keep_best_by=metric_name(cfg, sweep.metric))
-        if result.error:
-            raise result.error
+    previous = MlflowClient(uri).search_runs([ctx["experiment_id"]],
+                                             f"tags.trial_id = '{trial_id}' and tags.sweep_run_id = '{parent}'")
+    # Named after the trial, so a restored sweep's trial resumes from its own last checkpoint.
+    identity = RunIdentity(f"{ctx['sweep_run_name']}-{trial_id}", previous[0].info.run_id if previous else None)
+    session = Session(cfg, uri, ctx["manifest"], identity)
+    train(session, parent_run_id=parent, tags={"trial_id": trial_id, "sweep_run_id": parent, "pipeline_step": "trial"},
+          params={f"search.{k}": v for k, v in config["params"].items()}, callbacks=[TuneReportCallback()],
+          keep_best_by=metric_name(ctx["manifest"], cfg, sweep.metric), graceful=False)
 
 
 def end_trial_runs(results, uri: str, experiment_id: str, parent_id: str, iterations: int) -> None:

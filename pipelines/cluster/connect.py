@@ -27,6 +27,7 @@ def init_ray(cfg: PipelineConfig | None = None) -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
+        print(f"[ray] joined the cluster at {address}", flush=True)
         if cfg is not None:  # a cluster may have several nodes: local folders must be shared by all
             check_shared(cfg, cfg.tracking_uri())
         return
@@ -39,6 +40,7 @@ def init_ray(cfg: PipelineConfig | None = None) -> None:
     # State API, which the dashboard serves, whether a trial's controller is gone; without
     # it the workers of a trial that Tune stopped keep their CPUs and later trials starve.
     start_local_ray(num_cpus=cpus)
+    print(f"[ray] started Ray in this process ({cpus} CPUs); set RAY_ADDRESS to use a cluster", flush=True)
 
 
 def start_local_ray(**init_kwargs) -> None:

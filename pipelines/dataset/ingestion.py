@@ -29,7 +29,6 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import PipelineError
 from pipelines.cluster import storage
-from pipelines.cluster.connect import init_ray
 from pipelines.config import PipelineConfig
 from pipelines.dataset.format import (
     FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, SHARD_SUFFIX, content_hash, read_columns, read_manifest, rows_per_shard,
@@ -200,7 +199,8 @@ def holdout_entry(holdout: float | int, hashes: list[str]) -> dict:
 
 
 def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
-    """The manifest of the dataset at ``cfg.dataset_uri``, ingesting ``cfg.data.source`` there first if needed.
+    """The manifest of the dataset at ``cfg.dataset_uri``, ingesting ``cfg.data.source`` there first if needed,
+    on the Ray cluster this process has joined (:func:`pipelines.driver.session.open_session` joins it).
 
     With ``data.drop_near_duplicates`` the dataset is a de-duplicated copy of the plain
     ingest (which stays, reusable, at its own location): see :func:`drop_near_duplicates`.
@@ -218,6 +218,7 @@ def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
                 f"but this config asks for {cfg.model.resolution}px from {wanted}. Point data.dataset at another "
                 f"location, or delete {uri} to ingest it again."
             )
+        print(f"[dataset] {uri}: {manifest['count']} images, ingested before", flush=True)
         return manifest
     if cfg.data.drop_near_duplicates:
         plain = cfg.model_copy(update={"data": cfg.data.model_copy(update={"drop_near_duplicates": False, "dataset": None})})
@@ -225,7 +226,7 @@ def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
     # Open the source before starting Ray: a missing or unreachable one fails in a second.
     source = open_source(cfg.data.source, limit=cfg.data.limit, synthetic_images=cfg.data.synthetic_images,
                          synthetic_seed=cfg.data.synthetic_seed)
-    init_ray(cfg)  # left running: the caller goes on to train on the same cluster
+    print(f"[dataset] {uri}: ingesting {cfg.data.source}", flush=True)
     return ingest(source, uri, cfg.model.resolution, limit=cfg.data.limit, shard_mb=cfg.data.shard_mb,
                   synthetic_images=cfg.data.synthetic_images, synthetic_seed=cfg.data.synthetic_seed,
                   progress=progress, holdout=cfg.data.holdout)

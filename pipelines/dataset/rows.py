@@ -112,11 +112,12 @@ def split_rows(dataset_uri: str, manifest: dict | None = None,
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
-def read_shard(dataset_uri: str, resolution: int, rank: int, world: int,
+def read_shard(dataset_uri: str, resolution: int, rank: int, world: int, manifest: dict | None = None,
                rows_per_chunk: int = ROWS_PER_CHUNK) -> tuple[np.ndarray, list[str]]:
     """This worker's training images (uint8 NHWC) and their keys: its equal share
-    (:func:`rank_rows`) of the training rows, never a held-out one."""
-    train, _ = split_rows(dataset_uri, rows_per_chunk=rows_per_chunk)
+    (:func:`rank_rows`) of the training rows, never a held-out one (``manifest``: the
+    dataset's, read here when not given)."""
+    train, _ = split_rows(dataset_uri, manifest, rows_per_chunk=rows_per_chunk)
     share = rank_rows(len(train), rank, world)
     mine = train[share.start:share.stop]
     chunks = dataset_chunks(dataset_uri, rows_per_chunk)

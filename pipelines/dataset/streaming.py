@@ -3,7 +3,7 @@
 Most runs never use it: a worker whose shard fits in memory reads it once
 (:func:`pipelines.dataset.rows.read_shard`) and feeds it from the device or pinned host
 memory in an exact, resumable order (:mod:`gan.feed`). For bigger shards,
-``TorchTrainer(datasets={"train": train_dataset(uri)})`` splits the dataset across the
+``TorchTrainer(datasets={"train": train_dataset(uri, manifest)})`` splits the dataset across the
 workers and :func:`epoch_batches` turns this worker's shard
 (``ray.train.get_dataset_shard("train")``) into uint8 NCHW batches. This order is *not*
 a function of (seed, epoch, rank) alone (below), so a resume is exact in iterations and
@@ -37,18 +37,18 @@ import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
 from pipelines.cluster import storage
-from pipelines.dataset.format import IMAGE, PIXEL_SHA256, SHARD_SUFFIX, decode_images, read_manifest
+from pipelines.dataset.format import IMAGE, PIXEL_SHA256, SHARD_SUFFIX, decode_images
 
 
-def train_dataset(uri: str, shuffle_files: bool = True, seed: int = 0):
+def train_dataset(uri: str, manifest: dict, shuffle_files: bool = True, seed: int = 0):
     """The Ray Dataset of an ingested dataset's training images (local folder or s3://):
-    the image column of every row that is not held out."""
+    the image column of every row that is not held out (``manifest``: the dataset's)."""
     import ray.data
     from ray.data import FileShuffleConfig
 
     from pipelines.dataset.rows import holdout_rule
 
-    rule = holdout_rule(read_manifest(uri))  # a missing dataset fails here, with what to do, not in a worker
+    rule = holdout_rule(manifest)
     fs, path = storage.filesystem(uri)
     ds = ray.data.read_parquet(
         path, filesystem=fs, columns=[IMAGE, PIXEL_SHA256] if rule.cutoff else [IMAGE],

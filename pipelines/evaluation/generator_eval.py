@@ -151,7 +151,7 @@ def _save_png(image: np.ndarray, path: Path) -> Path:
 
 
 
-def log_to_mlflow(result: EvaluationResult, tracking_uri: str, run_id: str | None = None, step: int = 0,
+def log_evaluation(result: EvaluationResult, tracking_uri: str, run_id: str | None = None, step: int = 0,
                   experiment: str = "dcgan-lsun-bedroom", run_name: str = "evaluate", tags: dict | None = None,
                   manifest: dict | None = None, dataset_uri: str | None = None, model_id: str | None = None) -> str:
     """Metrics, the audit report and the grids of one evaluation into an MLflow run

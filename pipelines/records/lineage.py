@@ -79,9 +79,3 @@ def log_dataset(manifest: dict, dataset_uri: str, context: str, run_id: str | No
     entity = dataset._to_mlflow_entity()
     mlflow.MlflowClient(tracking_uri).log_inputs(
         run_id, [DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
-
-
-def describe(manifest: dict, dataset_uri: str) -> str:
-    """One line for logs: name, digest and size."""
-    return json.dumps({"name": dataset_name(dataset_uri), "digest": digest(manifest), "images": manifest["count"],
-                       "resolution": manifest["resolution"]})

@@ -252,9 +252,3 @@ def temporary_environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def log_artifact_file(tracking_uri: str, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri).log_artifact(run_id, str(path), artifact_path)

@@ -12,13 +12,12 @@ wrong input fails in about a second.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from typing import Callable
 
 from pipelines.cluster.openmp import sleep_idle_threads
 from pipelines.errors import PipelineError
+from pipelines.training.stopping import install_sigterm_handler
 
 OVERRIDES_HELP = "key=value config overrides with dotted keys, e.g. train.lr_d=1e-4"
 
@@ -41,15 +40,10 @@ def is_expected(error: BaseException) -> bool:
     return inception is not None and isinstance(error, inception.FIDError)
 
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def run_command(prog: str, command: Callable[[], int | None]) -> int:
     """``command()``'s exit status; an expected error becomes its message and status 2."""
     sleep_idle_threads()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    install_sigterm_handler()
     try:
         return int(command() or 0)
     except Exception as e:  # noqa: BLE001 - re-raised unless expected

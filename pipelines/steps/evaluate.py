@@ -70,36 +70,43 @@ def logged_model_id(location: str, tracking_uri: str) -> str | None:
     return ref
 
 
-def evaluate(args) -> int:
+def evaluate_command(args) -> int:
     base = load_config(args.config) if args.config else PipelineConfig()
     overrides = parse_overrides(args.overrides)
     if args.dataset:
         overrides = deep_merge(overrides, {"data": {"dataset": args.dataset}})
     location, run_id = resolve_target(args.run, validate(deep_merge(base.model_dump(), overrides)).tracking_uri())
+    from pipelines.driver.session import open_session
+    from pipelines.evaluation.generator_eval import log_evaluation
     from pipelines.training.checkpoints import generator_from_state, load_generator, load_state
-    from pipelines.dataset.format import read_manifest
-    from pipelines.evaluation.generator_eval import evaluate_generator, log_to_mlflow
-    from pipelines.evaluation.pool import WorkerPool, workers_for
 
     state = None if location.startswith(MLFLOW_SCHEMES) else load_state(location)
-    cfg = validate(deep_merge(state["config"] if state and not args.config else base.model_dump(), overrides))
-    manifest = read_manifest(cfg.dataset_uri)  # a missing dataset fails here, before the expensive part
-    tracking_uri = cfg.tracking_uri()
-    tracking.check_tracking(tracking_uri)
+    trained_with = dict(state["config"], tracking={**state["config"]["tracking"], "uri": base.tracking.uri}) \
+        if state and not args.config else base.model_dump()
+    cfg = validate(deep_merge(trained_with, overrides))
     generator = generator_from_state(state) if state else load_generator(location)
-    workers = args.workers if args.workers is not None else workers_for(cfg)
-    with WorkerPool(workers, cfg.scaling.use_gpu, device=args.device) as pool:
-        result = evaluate_generator(generator, cfg.dataset_uri, cfg, samples=args.samples, manifest=manifest,
-                                    audit_samples=args.audit_samples, out_dir=args.out, pool=pool, seed=args.seed,
-                                    autoencoder_steps=args.autoencoder_steps)
-    step = int(state.get("iteration", 0)) if state else 0
-    run_id = log_to_mlflow(result, tracking_uri, run_id or (state or {}).get("mlflow_run_id"), step=step,
-                           experiment=cfg.tracking.experiment, run_name=f"evaluate-{cfg.name}",
-                           tags={"dcgan.evaluated": args.run}, manifest=manifest, dataset_uri=cfg.dataset_uri,
-                           model_id=logged_model_id(location, tracking_uri))
+    with open_session(cfg, training=False, ingest=False) as session:
+        result, step = evaluate_in_session(session, generator, args), int((state or {}).get("iteration", 0))
+        run_id = log_evaluation(result, session.tracking_uri, run_id or (state or {}).get("mlflow_run_id"), step=step,
+                                experiment=cfg.tracking.experiment, run_name=f"evaluate-{cfg.name}",
+                                tags={"dcgan.evaluated": args.run}, manifest=session.manifest,
+                                dataset_uri=cfg.dataset_uri, model_id=logged_model_id(location, session.tracking_uri))
     print(json.dumps({"run_id": run_id, "step": step, **{k: round(v, 6) for k, v in result.metrics.items()},
                       "grids": {k: str(v) for k, v in result.grids.items()}, "seconds": round(result.seconds, 1)}))
     return 0
+
+
+def evaluate_in_session(session, generator, args):
+    """FID/KID and the audits of ``generator`` on the session's dataset, on Ray actors or here."""
+    from pipelines.evaluation.generator_eval import evaluate_generator
+    from pipelines.evaluation.pool import WorkerPool, workers_for
+
+    cfg = session.cfg
+    workers = args.workers if args.workers is not None else workers_for(cfg)
+    with WorkerPool(workers, cfg.scaling.use_gpu, device=args.device) as pool:
+        return evaluate_generator(generator, cfg.dataset_uri, cfg, samples=args.samples, manifest=session.manifest,
+                                  audit_samples=args.audit_samples, out_dir=args.out, pool=pool, seed=args.seed,
+                                  autoencoder_steps=args.autoencoder_steps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", help="where this process evaluates with --workers 0 (default: cuda when there is a GPU)")
     ap.add_argument("--autoencoder-steps", type=int,
                     help="training steps of the audit's autoencoder (default eval.audit_autoencoder_steps)")
-    return run_command(PROG, lambda: evaluate(ap.parse_args(argv)))
+    return run_command(PROG, lambda: evaluate_command(ap.parse_args(argv)))
 
 
 if __name__ == "__main__":

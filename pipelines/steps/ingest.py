@@ -3,7 +3,8 @@
     dcgan ingest --source /data/bedroom_train_lmdb --out s3://bucket/lsun-64 --resolution 64
     python -m pipelines.steps.ingest --config lsun-bedroom-64 [key=value ...]   # for ray job submit
 
-The work is :func:`pipelines.dataset.ingestion.ensure_dataset`; see that module for
+The work is :func:`pipelines.dataset.ingestion.ensure_dataset`, inside the driver session
+(:mod:`pipelines.driver.session`: checks first, Ray joined once); see that module for
 what a dataset holds and how a half-written one is never taken for a finished one.
 """
 
@@ -30,25 +31,17 @@ def _config_from_args(args) -> PipelineConfig:
     return load_config(args.config, overrides)
 
 
-def ingest(args) -> int:
+def ingest_command(args) -> int:
     cfg = _config_from_args(args)
     uri = cfg.dataset_uri
-    complete = storage.exists(storage.join(uri, MANIFEST))
-    if not complete or args.overwrite:
-        check_source(cfg.data.source)  # before Ray starts: a missing or unreachable source fails in a second
-    import ray
-
-    from pipelines.dataset.ingestion import ensure_dataset
-
-    if args.overwrite and complete:
+    if args.overwrite and storage.exists(storage.join(uri, MANIFEST)):
+        check_source(cfg.data.source)  # before the dataset is touched: a missing source fails in a second
         fs, path = storage.filesystem(storage.join(uri, MANIFEST))
         fs.delete_file(path)  # first, so a replacement that dies half way is not taken for complete
-    ray_was_up = ray.is_initialized()
-    try:
-        manifest = ensure_dataset(cfg, progress=args.progress)
-    finally:
-        if not ray_was_up and ray.is_initialized():
-            ray.shutdown()
+    from pipelines.driver.session import open_session
+
+    with open_session(cfg, training=False, track=False, progress=args.progress) as session:
+        manifest = session.manifest
     print(json.dumps({k: manifest[k] for k in ("format", "resolution", "count", "duplicates", "content_hash")}
                      | {"skipped": len(manifest["skipped"]), "dataset": uri}))
     return 0
@@ -64,7 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shard-mb", dest="shard_mb", type=int, help="target Parquet shard size in MiB (data.shard_mb)")
     ap.add_argument("--overwrite", action="store_true", help="replace a complete dataset already at --out")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    return run_command(PROG, lambda: ingest(ap.parse_args(argv)))
+    return run_command(PROG, lambda: ingest_command(ap.parse_args(argv)))
 
 
 if __name__ == "__main__":

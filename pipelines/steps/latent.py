@@ -112,14 +112,13 @@ def use_tracking(tracking_uri: str):
     import mlflow
 
     try:
-        tracking.check_tracking(tracking_uri)
+        tracking.configure(tracking_uri)
     except tracking.TrackingUnavailable as e:
         raise LatentError(str(e)) from None
-    mlflow.set_tracking_uri(tracking_uri)
     return mlflow
 
 
-def log_to_mlflow(files: Sequence[Path], tracking_uri: str, run: str, experiment: str, artifact_path: str) -> str:
+def log_latent_figures(files: Sequence[Path], tracking_uri: str, run: str, experiment: str, artifact_path: str) -> str:
     """Log ``files`` as artifacts of run ``run`` (an id, or 'new' for a fresh run in
     ``experiment``); returns the run id."""
     mlflow = use_tracking(tracking_uri)
@@ -344,7 +343,7 @@ def latent_command(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     files = COMMANDS[args.command](args, g, SampleZ(g.latent_dim, args.z))
     if args.mlflow_run:
-        run_id = log_to_mlflow(files, tracking_uri, args.mlflow_run, args.experiment, f"latent/{args.command}")
+        run_id = log_latent_figures(files, tracking_uri, args.mlflow_run, args.experiment, f"latent/{args.command}")
         print(f"logged {len(files)} images to MLflow run {run_id} ({tracking_uri}) under latent/{args.command}/")
     return 0
 

@@ -11,43 +11,46 @@ the job in seconds with a message saying how to start it, and leaves nothing beh
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from pipelines.records import tracking
 from pipelines.config import PipelineConfig, load_config
 from pipelines.steps.entrypoint import config_parser, run_command
-from pipelines.driver.preflight import preflight
+
+if TYPE_CHECKING:
+    from pipelines.driver.session import Session
 
 PROG = "dcgan run"
 
 
-def ingest_step(cfg: PipelineConfig, uri: str, parent_id: str) -> dict:
+def record_ingest(session: Session, parent_id: str) -> None:
+    """The dataset the session ensured, as the pipeline's ``ingest`` run (once per pipeline run)."""
     import mlflow
 
-    from pipelines.dataset.ingestion import ensure_dataset
     from pipelines.records.lineage import log_dataset
 
-    with tracking.run(uri, cfg.tracking.experiment, run_name="ingest", parent_run_id=parent_id,
+    cfg, manifest = session.cfg, session.manifest
+    with tracking.run(session.tracking_uri, cfg.tracking.experiment, run_name="ingest", parent_run_id=parent_id,
                       tags={"pipeline_step": "ingest"}):
-        manifest = ensure_dataset(cfg)
         log_dataset(manifest, cfg.dataset_uri, "ingest")
         mlflow.log_params({"source": manifest.get("source", cfg.data.source), "dataset_uri": cfg.dataset_uri})
         mlflow.log_metrics({"images": manifest["count"], "skipped": len(manifest.get("skipped", [])),
                             "duplicates": manifest.get("duplicates", 0)})
         mlflow.log_dict(manifest, "manifest.json")
-    return manifest
 
 
-def evaluate_step(cfg: PipelineConfig, uri: str, parent_id: str, generator, manifest: dict) -> dict:
-    from pipelines.evaluation.generator_eval import evaluate_generator, log_to_mlflow
+def evaluate_step(session: Session, parent_id: str, generator) -> dict:
+    from pipelines.evaluation.generator_eval import evaluate_generator, log_evaluation
     from pipelines.evaluation.pool import WorkerPool, workers_for
     from pipelines.records.lineage import log_dataset
 
+    cfg, uri, manifest = session.cfg, session.tracking_uri, session.manifest
     with tracking.run(uri, cfg.tracking.experiment, run_name="evaluate", parent_run_id=parent_id,
                       tags={"pipeline_step": "evaluate"}) as active, \
             WorkerPool(workers_for(cfg), cfg.scaling.use_gpu) as pool:
         log_dataset(manifest, cfg.dataset_uri, "evaluation")
         result = evaluate_generator(generator, cfg.dataset_uri, cfg, manifest=manifest, pool=pool)
-        log_to_mlflow(result, uri, run_id=active.info.run_id, step=cfg.train.iterations)
+        log_evaluation(result, uri, run_id=active.info.run_id, step=cfg.train.iterations)
     return result.metrics | ({"audit": result.audit} if result.audit is not None else {}) \
         | ({"copying": result.copying} if result.copying is not None else {})
 
@@ -79,36 +82,43 @@ def register_step(cfg: PipelineConfig, generator, manifest: dict, evaluation: di
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
-    uri = preflight(cfg)
-    # MLflow, torch and Ray load only now: a wrong input is reported before they take seconds to import.
+    from pipelines.driver.session import open_session
+
+    with open_session(cfg) as session:
+        return pipeline(session)
+
+
+def pipeline(session: Session) -> dict:
+    """Ingest (done by the session) -> train -> evaluate + audit -> register, in one MLflow
+    run; a named run submitted again continues its training, in the same runs."""
     import mlflow
 
-    from pipelines.training.checkpoints import checkpoint_uri, generator_from_state, load_state
-    from pipelines.cluster.connect import init_ray
+    from pipelines.driver.provenance import git_commit
+    from pipelines.driver.session import train
     from pipelines.records.lineage import log_dataset
-    from pipelines.driver.provenance import git_commit, unique_run_name
-    from pipelines.training.trainer import run_training
+    from pipelines.training.checkpoints import generator_from_state, load_state
 
-    init_ray(cfg)
+    cfg, identity = session.cfg, session.identity
     tags = {"pipeline_step": "pipeline", "git_commit": git_commit(), "config_name": cfg.name}
-    with tracking.run(uri, cfg.tracking.experiment, run_name=unique_run_name(cfg), tags=tags) as parent:
+    with tracking.run(session.tracking_uri, cfg.tracking.experiment, run_name=identity.name,
+                      run_id=identity.parent_run_id, tags=tags) as parent:
         parent_id = parent.info.run_id
-        mlflow.log_params(tracking.params_from_config(cfg.flat()))
-        manifest = ingest_step(cfg, uri, parent_id)
-        mlflow.set_tag("dataset_hash", manifest["content_hash"])
-        log_dataset(manifest, cfg.dataset_uri, "training")
-        train_run_id, result, _ = run_training(cfg, parent_run_id=parent_id)
-        ckpt = checkpoint_uri(result)
-        generator = generator_from_state(load_state(ckpt))
-        evaluation = evaluate_step(cfg, uri, parent_id, generator, manifest) if cfg.eval.final_fid else {}
+        if identity.parent_run_id is None:
+            mlflow.log_params(tracking.params_from_config(cfg.flat()))
+            record_ingest(session, parent_id)
+            mlflow.set_tag("dataset_hash", session.manifest["content_hash"])
+            log_dataset(session.manifest, cfg.dataset_uri, "training")
+        trained = train(session, parent_run_id=parent_id)
+        generator = generator_from_state(load_state(trained.checkpoint))
+        evaluation = evaluate_step(session, parent_id, generator) if cfg.eval.final_fid else {}
         scalar = {k: v for k, v in evaluation.items() if isinstance(v, (int, float))}
         # Registered, the metrics go to the run linked to the logged model (register_step).
-        registered = register_step(cfg, generator, manifest, evaluation) if cfg.tracking.register_model else None
+        registered = register_step(cfg, generator, session.manifest, evaluation) if cfg.tracking.register_model else None
         if scalar and registered is None:
             mlflow.log_metrics(scalar)
-        summary = {"run_id": parent_id, "train_run_id": train_run_id, "checkpoint": ckpt,
-                   "tracking_uri": uri, "experiment": cfg.tracking.experiment, "registered": registered,
-                   "metrics": scalar}
+        summary = {"run_id": parent_id, "train_run_id": trained.run_id, "checkpoint": trained.checkpoint,
+                   "tracking_uri": session.tracking_uri, "experiment": cfg.tracking.experiment,
+                   "registered": registered, "metrics": scalar}
         mlflow.log_dict(json.loads(json.dumps(summary, default=str)), "summary.json")
     return summary
 

@@ -96,8 +96,7 @@ def load_generator(uri: str, device: str | torch.device = "cpu", tracking_uri: s
         import mlflow.pytorch
 
         if tracking_uri:
-            tracking.check_tracking(tracking_uri)
-            mlflow.set_tracking_uri(tracking_uri)
+            tracking.configure(tracking_uri)
         model = mlflow.pytorch.load_model(uri, map_location=torch.device(device))
         return as_generator(model, uri).to(device)
     return generator_from_state(load_state(uri)).to(device)

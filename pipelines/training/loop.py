@@ -3,7 +3,7 @@
 :func:`train_loop_per_worker` reads top to bottom as a short sequence of named steps.
 Ray's seams are the numbered ones, as in Ray's own TorchTrainer examples:
 
-    (1) ray.train.torch.prepare_model   G and D wrapped in DDP          build_networks
+    (1) ray.train.torch.prepare_model   G and D wrapped in DDP          build_worker
     (2) ray.train.get_checkpoint        resume after a lost worker      restore
     (3) ray.train.get_dataset_shard     this worker's share of the data build_feed
     (4) ray.train.report(..., checkpoint)  metrics and state, rank 0    checkpoint_and_report
@@ -20,22 +20,21 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from gan.images import grid
-from gan.ema import GeneratorEMA
 from gan.adversarial import AdversarialStep, DataPosition, make_optimizers, unwrap
-from pipelines.records import tracking
-from pipelines.training.checkpoints import build_networks, load_state, save_state
+from gan.ema import GeneratorEMA
+from gan.images import grid
 from pipelines.config import PipelineConfig
+from pipelines.records import tracking
+from pipelines.training import outages, reporting, stopping
+from pipelines.training.checkpoints import build_networks, load_state, save_state
 from pipelines.training.distributed import convert_sync_batchnorm, ddp_kwargs, replica_divergence
 from pipelines.training.hardware import step_options
-from pipelines.training import outages, reporting, stopping
-from pipelines.training.feeding import build_feed
+from pipelines.training.worker import Worker, build_feed
 
 # A logger, not print: Ray Train tees a worker's print to its logger *and* stdout, which
 # shows every line twice on the driver's console.
@@ -50,52 +49,10 @@ def iteration_seed(seed: int, rank: int, iteration: int) -> int:
     return int(np.random.SeedSequence([seed, rank, iteration]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-@dataclass
-class Worker:
-    """One training worker's state: the networks, the step, where it is, and what it owes MLflow."""
-
-    cfg: PipelineConfig
-    rank: int
-    world: int
-    g: torch.nn.Module
-    d: torch.nn.Module
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    step: AdversarialStep
-    noise: torch.Generator
-    fixed_noise: torch.Tensor
-    metrics: tracking.MetricBuffer | None = None
-    tracking_uri: str | None = None
-    run_id: str | None = None
-    evaluator: Callable | None = None
-    ema: GeneratorEMA | None = None  # the running average of G (train.ema_decay > 0)
-    stop_signal: Any = None  # the driver's StopSignal actor (pipelines.training.stopping), or None
-    stopping: bool = False  # the job was stopped: write a final checkpoint and return
-    position: DataPosition = field(default_factory=DataPosition)
-    start: int = 0  # the last iteration already done (0, or a checkpoint's)
-    restored: dict | None = None  # the checkpoint this worker resumed from
-    t_enter: float = field(default_factory=time.perf_counter)
-    t_start: float = 0.0
-    eval_seconds: float = 0.0
-
-    @property
-    def g_bare(self) -> torch.nn.Module:
-        return unwrap(self.g)
-
-    @property
-    def g_eval(self) -> torch.nn.Module:
-        """The generator evaluation, grids and registration use: the running average when on."""
-        return self.ema.module if self.ema is not None else self.g_bare
-
-    @property
-    def d_bare(self) -> torch.nn.Module:
-        return unwrap(self.d)
-
-
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
-    worker = build_networks_and_step(loop_config)           # (1)
+    worker = build_worker(loop_config)                        # (1)
     restore(worker, ray.train.get_checkpoint())               # (2)
     open_metrics(worker, loop_config)
     if worker.start >= worker.cfg.train.iterations:
@@ -115,7 +72,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         new_epoch, epoch_seen = worker.position.epoch != epoch_seen, worker.position.epoch
         if sample_due(worker.cfg, iteration, new_epoch):
             outages.best_effort(worker, log_sample_grid, worker, iteration)
-        scores = evaluate(worker, iteration)
+        scores = measure_fid(worker, iteration)
         if iteration % worker.cfg.train.checkpoint_every == 0 or iteration == total or scores or worker.stopping:
             outages.wait_for_storage(worker, iteration)
             checkpoint_and_report(worker, iteration, last | scores)  # (4)
@@ -128,7 +85,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- set-up
 
 
-def build_training(cfg: PipelineConfig, device: torch.device, world: int):
+def prepare_networks(cfg: PipelineConfig, device: torch.device, world: int):
     """G and D (DDP-wrapped when world > 1), their optimizers, and the device options.
 
     Call inside a Ray Train worker: ``prepare_model`` wraps in DDP (it returns the bare
@@ -152,8 +109,8 @@ def build_training(cfg: PipelineConfig, device: torch.device, world: int):
     return g, d, opt_g, opt_d, opts
 
 
-def build_networks_and_step(loop_config: dict[str, Any]) -> Worker:
-    """This worker's networks under DDP (:func:`build_training`), the adversarial step and
+def build_worker(loop_config: dict[str, Any]) -> Worker:
+    """This worker's networks under DDP (:func:`prepare_networks`), the adversarial step and
     the fixed noise of the sample grids."""
     import ray.train
     import ray.train.torch
@@ -163,7 +120,7 @@ def build_networks_and_step(loop_config: dict[str, Any]) -> Worker:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker)))
     device = ray.train.torch.get_device()
-    g, d, opt_g, opt_d, opts = build_training(cfg, device, world)
+    g, d, opt_g, opt_d, opts = prepare_networks(cfg, device, world)
     noise = torch.Generator(device=device)
     step = AdversarialStep(generator=g, discriminator=d, opt_g=opt_g, opt_d=opt_d, latent_dim=cfg.model.latent_dim,
                            discriminator_steps=cfg.train.discriminator_steps, generator_loss=cfg.train.generator_loss,
@@ -171,7 +128,7 @@ def build_networks_and_step(loop_config: dict[str, Any]) -> Worker:
                            noise_generator=noise, compile=cfg.train.compile, cuda_graphs=cfg.train.cuda_graphs)
     fixed_noise = torch.randn(SAMPLE_GRID_SIZE, cfg.model.latent_dim, 1, 1,
                               generator=torch.Generator().manual_seed(FIXED_NOISE_SEED))
-    return Worker(cfg=cfg, rank=rank, world=world, g=g, d=d, opt_g=opt_g, opt_d=opt_d, step=step, noise=noise,
+    return Worker(cfg=cfg, manifest=loop_config["manifest"], rank=rank, world=world, g=g, d=d, opt_g=opt_g, opt_d=opt_d, step=step, noise=noise,
                   fixed_noise=fixed_noise.to(device), tracking_uri=loop_config.get("tracking_uri"),
                   run_id=loop_config.get("mlflow_run_id"), evaluator=loop_config.get("evaluator"),
                   stop_signal=loop_config.get("stop_signal"),
@@ -274,7 +231,7 @@ def log_sample_grid(worker: Worker, iteration: int) -> None:
                                     synchronous=True)
 
 
-def evaluate(worker: Worker, iteration: int) -> dict[str, float]:
+def measure_fid(worker: Worker, iteration: int) -> dict[str, float]:
     """FID/KID every ``eval.fid_every`` iterations and at the end, when an evaluator is given.
 
     Every rank takes part: each generates and embeds its slice of the samples, and the

@@ -24,11 +24,12 @@ import torch
 
 from pipelines.cluster import storage
 from pipelines.records import tracking
+from pipelines.training.worker import Worker
 
 log = logging.getLogger("dcgan.train")
 
 
-def wait_for_storage(worker, iteration: int) -> None:
+def wait_for_storage(worker: Worker, iteration: int) -> None:
     """Rank 0, before it uploads a checkpoint to S3: retry with backoff, then fail clearly."""
     cfg = worker.cfg
     if worker.rank != 0 or not storage.is_s3(cfg.checkpoints_uri):
@@ -42,7 +43,7 @@ def wait_for_storage(worker, iteration: int) -> None:
                     f"{iteration}")
 
 
-def after_checkpoint(worker, iteration: int) -> bool:
+def after_checkpoint(worker: Worker, iteration: int) -> bool:
     """Whether every rank stops now: MLflow has been away longer than
     ``tracking.outage_timeout_s`` (rank 0 knows; a broadcast tells every rank, so all
     stop after the same checkpoint). After the last checkpoint, rank 0 first waits for
@@ -72,7 +73,7 @@ def _drain(metrics: tracking.MetricBuffer, every_s: float = 2.0) -> None:
         log.info(f"[train] MLflow tracking server {metrics.tracking_uri} is back: every metric delivered")
 
 
-def best_effort(worker, fn: Callable, *args: Any) -> None:
+def best_effort(worker: Worker, fn: Callable, *args: Any) -> None:
     """An MLflow upload that may be skipped (a sample grid): when the server is away,
     warn and go on training rather than fail the run."""
     try:

@@ -79,26 +79,42 @@ class DriverStop:
         self.actor.request.remote()
 
 
+_stopping: threading.Event | None = None  # while a training can stop gracefully: its DriverStop's event
+
+
+def on_sigterm(signum, frame) -> None:
+    """The process's one SIGTERM handler. During a training (:func:`graceful_stop`) it asks the
+    workers to stop at their next window end; otherwise it ends the command as Ctrl-C does."""
+    if _stopping is None:
+        raise SystemExit(128 + signum)
+    print("[train] SIGTERM: stopping at the next iteration boundary with a final checkpoint", flush=True)
+    _stopping.set()
+
+
+def install_sigterm_handler() -> bool:
+    """Install :func:`on_sigterm` (the main thread only: elsewhere signals cannot be caught)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) is not on_sigterm:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    return True
+
+
 @contextlib.contextmanager
 def graceful_stop() -> Iterator[DriverStop | None]:
     """While inside, SIGTERM asks the workers to stop at their next window end with a final
     checkpoint. Outside the main thread (a Tune trial) signals cannot be caught: yields None."""
-    if threading.current_thread() is not threading.main_thread():
+    global _stopping
+    if not install_sigterm_handler():
         yield None
         return
     stop = DriverStop()
-    forwarder = threading.Thread(target=stop._forward, name="dcgan-stop", daemon=True)
-    forwarder.start()
-
-    def on_sigterm(signum, frame):
-        print("[train] SIGTERM: stopping at the next iteration boundary with a final checkpoint", flush=True)
-        stop.event.set()
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    threading.Thread(target=stop._forward, name="dcgan-stop", daemon=True).start()
+    _stopping = stop.event
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _stopping = None
 
 
 def stop_requested(actor: Any) -> bool:

@@ -7,8 +7,8 @@ optimizers, counters, fixed noise, data position, config and the metrics not yet
 committed to MLflow) go to ``<storage>/checkpoints/<run name>``, local or S3; a dead
 worker restarts the group from the last one (``FailureConfig``), and
 ``train.resume_from=<checkpoint>`` continues a previous run by hand, in the same MLflow
-run. :func:`run_training` is the training step with its own MLflow run, which the
-``train`` and ``run`` entry points and the sweep's trials share.
+run. The driver's sequence around it (checks, Ray, the dataset, the MLflow run) is
+:mod:`pipelines.driver.session`, which every step and sweep trial uses.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from pipelines.cluster.connect import init_ray
 from pipelines.config import PipelineConfig
 from pipelines.dataset.streaming import train_dataset
 from pipelines.dataset.format import read_manifest
-from pipelines.dataset.ingestion import ensure_dataset
-from pipelines.driver.provenance import git_commit, unique_run_name
 from pipelines.training.loop import train_loop_per_worker
 
-def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
+def fit(cfg: PipelineConfig, *, run_name: str, manifest: dict | None = None, tracking_uri: str | None = None,
+        mlflow_run_id: str | None = None,
         evaluator: Callable | None = None, callbacks: list | None = None, keep_best_by: str | None = None,
         stop_signal=None):
     """Run the TorchTrainer; returns Ray Train's Result (result.checkpoint: the last one).
@@ -35,13 +34,16 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
     ``eval.fid_every`` iterations (it may use torch.distributed collectives); ``keep_best_by`` keeps the checkpoints with the lowest
     value of that metric instead of the latest ones (every checkpoint must report it).
     ``stop_signal``: the actor of :func:`pipelines.training.stopping.graceful_stop`, which
-    the workers ask whether to stop early with a final checkpoint.
+    the workers ask whether to stop early with a final checkpoint. ``manifest``: the
+    dataset's, as the driver session has it (read here only when not given), handed to the
+    workers so that nothing reads it again. A run of an existing ``run_name`` in the
+    storage continues from its newest committed checkpoint (Ray Train V2).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     init_ray(cfg)
-    manifest = read_manifest(cfg.dataset_uri)
+    manifest = manifest or read_manifest(cfg.dataset_uri)
     if manifest["resolution"] != cfg.model.resolution:
         raise ValueError(f"model.resolution is {cfg.model.resolution} but the dataset at {cfg.dataset_uri} holds "
                          f"{manifest['resolution']}px images: ingest it at {cfg.model.resolution}px or change model.resolution")
@@ -51,7 +53,7 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"pipeline": cfg.model_dump(), "tracking_uri": tracking_uri,
+        train_loop_config={"pipeline": cfg.model_dump(), "manifest": manifest, "tracking_uri": tracking_uri,
                            "mlflow_run_id": mlflow_run_id, "evaluator": evaluator, "stop_signal": stop_signal},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources,
@@ -65,7 +67,7 @@ def fit(cfg: PipelineConfig, *, run_name: str, tracking_uri: str | None = None, 
             callbacks=callbacks or [],
         ),
         # For shards too big to hold in memory; a worker that holds its shard never reads it.
-        datasets={"train": _quiet(train_dataset(cfg.dataset_uri))},
+        datasets={"train": _quiet(train_dataset(cfg.dataset_uri, manifest))},
     )
     try:
         result = trainer.fit()  # Ray Train V2 raises the run's error here
@@ -131,39 +133,3 @@ def make_evaluator(cfg: PipelineConfig, manifest: dict) -> Callable | None:
     if has_heldout(manifest):
         reference_stats(cfg.dataset_uri, manifest, cfg, split="heldout")
     return TrainingEvaluator(cfg, manifest)
-
-
-def run_training(cfg: PipelineConfig, parent_run_id: str | None = None):
-    """The training step with its own MLflow run (nested under parent_run_id when given),
-    with the dataset as its input and the driver's system metrics. A SIGTERM (``ray job
-    stop``) stops it at the next log window with a final checkpoint and raises
-    :class:`pipelines.training.stopping.TrainingStopped`, which ends the run KILLED."""
-    from pipelines.records.lineage import log_dataset
-    from pipelines.training.stopping import TrainingStopped, graceful_stop
-
-    tracking_uri = cfg.tracking_uri()
-    manifest = ensure_dataset(cfg)
-    evaluator = make_evaluator(cfg, manifest)
-    resumed_run_id = load_state(cfg.train.resume_from).get("mlflow_run_id") if cfg.train.resume_from else None
-    run_name = unique_run_name(cfg)
-    tags = {"dataset_hash": manifest["content_hash"], "dataset_uri": cfg.dataset_uri, "git_commit": git_commit(),
-            "ray_run_name": run_name, "pipeline_step": "train"}
-    init_ray(cfg)
-    with tracking.run(tracking_uri, cfg.tracking.experiment, run_name=run_name, run_id=resumed_run_id,
-                      parent_run_id=parent_run_id, tags=tags, system_metrics=True) as active, graceful_stop() as stop:
-        import mlflow
-
-        if resumed_run_id is None:
-            mlflow.log_params(tracking.params_from_config(cfg.flat()))
-        log_dataset(manifest, cfg.dataset_uri, "training")
-        result = fit(cfg, run_name=run_name, tracking_uri=tracking_uri, mlflow_run_id=active.info.run_id,
-                     evaluator=evaluator, stop_signal=stop.actor if stop else None)
-        if result.error:
-            raise result.error
-        last = checkpoint_uri(result) if result.checkpoint else ""
-        mlflow.set_tag(tracking.CHECKPOINT_TAG, last)
-        if stop is not None and stop.requested:
-            print(f"[train] stopped at iteration {result.metrics.get('iteration')}; final checkpoint: {last}; "
-                  f"continue with train.resume_from={last}", flush=True)
-            raise TrainingStopped(last)
-        return active.info.run_id, result, manifest

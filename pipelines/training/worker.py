@@ -1,4 +1,5 @@
-"""This worker's share of the data, fed to the step (seam (3) of the worker loop).
+"""One training worker's state (:class:`Worker`) and its share of the data, fed to the
+step (seam (3) of :mod:`pipelines.training.loop`).
 
 A shard that fits in memory is read once from this rank's rows of the dataset and fed
 from the device, or from pinned host memory, in an order that is a function of
@@ -9,16 +10,65 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Iterator
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import torch
 
+from gan.adversarial import AdversarialStep, DataPosition, unwrap
+from gan.ema import GeneratorEMA
+from pipelines.config import PipelineConfig
 from pipelines.dataset.streaming import epoch_batches
+from pipelines.records import tracking
 
 log = logging.getLogger("dcgan.train")
 
 
-def build_feed(worker, shard) -> Iterator[torch.Tensor]:
+@dataclass
+class Worker:
+    """One training worker's state: the networks, the step, where it is, and what it owes MLflow."""
+
+    cfg: PipelineConfig
+    manifest: dict  # the dataset's, as the driver read it
+    rank: int
+    world: int
+    g: torch.nn.Module
+    d: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    step: AdversarialStep
+    noise: torch.Generator
+    fixed_noise: torch.Tensor
+    metrics: tracking.MetricBuffer | None = None
+    tracking_uri: str | None = None
+    run_id: str | None = None
+    evaluator: Callable | None = None
+    ema: GeneratorEMA | None = None  # the running average of G (train.ema_decay > 0)
+    stop_signal: Any = None  # the driver's StopSignal actor (pipelines.training.stopping), or None
+    stopping: bool = False  # the job was stopped: write a final checkpoint and return
+    position: DataPosition = field(default_factory=DataPosition)
+    start: int = 0  # the last iteration already done (0, or a checkpoint's)
+    restored: dict | None = None  # the checkpoint this worker resumed from
+    t_enter: float = field(default_factory=time.perf_counter)
+    t_start: float = 0.0
+    eval_seconds: float = 0.0
+
+    @property
+    def g_bare(self) -> torch.nn.Module:
+        return unwrap(self.g)
+
+    @property
+    def g_eval(self) -> torch.nn.Module:
+        """The generator evaluation, grids and registration use: the running average when on."""
+        return self.ema.module if self.ema is not None else self.g_bare
+
+    @property
+    def d_bare(self) -> torch.nn.Module:
+        return unwrap(self.d)
+
+
+def build_feed(worker: Worker, shard) -> Iterator[torch.Tensor]:
     """Endless uint8 batches of this worker's shard, from the restored data position.
 
     A shard that fits in memory is read once, from this rank's rows of the dataset
@@ -27,15 +77,13 @@ def build_feed(worker, shard) -> Iterator[torch.Tensor]:
     (:mod:`gan.feed`): a resume sees exactly the batches the lost run would have seen.
     Bigger shards stream through Ray Data (``shard``)."""
     from gan.feed import make_feed
-    from pipelines.dataset.format import read_manifest
     from pipelines.dataset.rows import read_shard
 
-    cfg = worker.cfg
-    manifest = read_manifest(cfg.dataset_uri)
+    cfg, manifest = worker.cfg, worker.manifest
     images = manifest.get("holdout", {}).get("train_images", manifest["count"])  # held-out images are never read
     shard_bytes = images // worker.world * 3 * cfg.model.resolution ** 2
     if _every_rank_can_hold(shard_bytes, worker):
-        images, keys = read_shard(cfg.dataset_uri, cfg.model.resolution, worker.rank, worker.world)
+        images, keys = read_shard(cfg.dataset_uri, cfg.model.resolution, worker.rank, worker.world, manifest)
         feed, decision = make_feed(images, keys, cfg.train.batch_size, cfg.train.seed, worker.rank,
                                    worker.fixed_noise.device, cfg.data.device_cache, shuffle=cfg.data.shuffle)
         if worker.rank == 0:
@@ -52,7 +100,7 @@ def build_feed(worker, shard) -> Iterator[torch.Tensor]:
         epoch_batches(shard, cfg.train.batch_size, cfg.model.resolution, epoch, seed, shuffle_buffer), start, None))
 
 
-def warm_up(worker, real: torch.Tensor) -> None:
+def warm_up(worker: Worker, real: torch.Tensor) -> None:
     """Compile (and record CUDA graphs) before the clock starts, restoring every state
     after, so a short run's throughput counts training only and the run is unchanged."""
     if worker.step.compiled:
@@ -61,7 +109,7 @@ def warm_up(worker, real: torch.Tensor) -> None:
             log.info(f"[train] compiled G and D in {seconds:.1f}s (not counted in img/s)")
 
 
-def _every_rank_can_hold(shard_bytes: int, worker) -> bool:
+def _every_rank_can_hold(shard_bytes: int, worker: Worker) -> bool:
     """Whether every rank can hold its shard in host memory (half of what its node has
     free, shared by the workers on that node); one answer for all, or the ranks would
     feed differently and DDP would wait forever."""
