@@ -15,6 +15,12 @@ pipeline evaluates and registers them, on the same latent vectors, against:
 - training photos: FID (train-FID) and the nearest-neighbour copying audit
   (gan/copying.py), whose held-out side is the same held-out photos.
 
+The training recipe is the paper's unless flags say otherwise: --d-norm, --discriminator-loss,
+--generator-loss, --augment, --hflip, --lr-g, --lr-d, --discriminator-steps (the config's
+model.d_norm and train.* keys of the same names); --ema-decay sets the EMA shadow measured
+as "default". The recipe used is in the JSON under "recipe"; "paper" in the results names
+the live G, trained with that recipe (the paper's unless a flag changed it).
+
 Prints progress, then one JSON line with at least heldout_fid_default,
 heldout_fid_paper, iterations, resolution and wall_s. Sample grids of every
 recipe go to --out as PNGs.
@@ -49,10 +55,12 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gan import fid  # noqa: E402
+from gan.augment import parse_policy  # noqa: E402
 from gan.copying import copying_audit, pairs_grid  # noqa: E402
 from gan.ema import GeneratorEMA  # noqa: E402
 from gan.images import save_grid, to_uint8  # noqa: E402
-from gan.models import Discriminator, Generator  # noqa: E402
+from gan.losses import DISCRIMINATOR_LOSSES, GENERATOR_LOSSES  # noqa: E402
+from gan.models import DISCRIMINATOR_NORMS, Discriminator, Generator  # noqa: E402
 from gan.quality_metrics import manifold_metrics  # noqa: E402
 from gan.splits import Holdout  # noqa: E402
 from gan.adversarial import AdversarialStep, make_optimizers  # noqa: E402
@@ -110,6 +118,36 @@ def features_of(extractor: fid.InceptionFeatures, images, batch: int = 50) -> np
     return np.concatenate([extractor(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
+def add_recipe_arguments(ap: argparse.ArgumentParser) -> None:
+    """The training recipe's options; every default is the DCGAN paper's."""
+    ap.add_argument("--d-norm", choices=DISCRIMINATOR_NORMS, default="batch", help="D's normalisation")
+    ap.add_argument("--discriminator-loss", choices=DISCRIMINATOR_LOSSES, default="cross_entropy")
+    ap.add_argument("--generator-loss", choices=GENERATOR_LOSSES, default="non_saturating")
+    ap.add_argument("--augment", default="", help="DiffAugment policies, comma-separated: color,translation,cutout")
+    ap.add_argument("--hflip", action="store_true", help="mirror real images at random")
+    ap.add_argument("--lr-g", type=float, default=2e-4)
+    ap.add_argument("--lr-d", type=float, default=2e-4)
+    ap.add_argument("--discriminator-steps", "-k", type=int, default=1, help="D updates per G update")
+
+
+def recipe_of(args: argparse.Namespace) -> dict:
+    return {"d_norm": args.d_norm, "discriminator_loss": args.discriminator_loss,
+            "generator_loss": args.generator_loss, "augment": ",".join(parse_policy(args.augment)),
+            "hflip": args.hflip, "lr_g": args.lr_g, "lr_d": args.lr_d, "discriminator_steps": args.discriminator_steps,
+            "ema_decay": args.ema_decay}
+
+
+def build_step(recipe: dict, resolution: int, seed: int) -> AdversarialStep:
+    """G, D and Algorithm 1's step for ``recipe`` (:func:`recipe_of`), channels-last on the CPU."""
+    g = Generator(resolution=resolution).to(memory_format=torch.channels_last)
+    d = Discriminator(resolution=resolution, norm=recipe["d_norm"]).to(memory_format=torch.channels_last)
+    opt_g, opt_d = make_optimizers(g, d, recipe["lr_g"], recipe["lr_d"])
+    return AdversarialStep(g, d, opt_g, opt_d, discriminator_steps=recipe["discriminator_steps"],
+                           generator_loss=recipe["generator_loss"], discriminator_loss=recipe["discriminator_loss"],
+                           augment=recipe["augment"], hflip=recipe["hflip"], channels_last=True,
+                           noise_generator=torch.Generator().manual_seed(seed + 1))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=3000)
@@ -127,7 +165,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/benchmarks/quality")
     ap.add_argument("--data", default=str(LSUN_DIR))
+    add_recipe_arguments(ap)
     args = ap.parse_args(argv)
+    recipe = recipe_of(args)
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -143,12 +183,9 @@ def main(argv=None) -> None:
     log(f"{len(photos)} photos at {args.resolution}px: {len(train_np)} training, {len(held_np)} held out "
         f"({time.perf_counter() - start:.0f} s)")
 
-    # ---- one training run; the EMA generators are shadows of the paper's G
-    g = Generator(resolution=args.resolution).to(memory_format=torch.channels_last)
-    d = Discriminator(resolution=args.resolution).to(memory_format=torch.channels_last)
-    opt_g, opt_d = make_optimizers(g, d)
-    step = AdversarialStep(g, d, opt_g, opt_d, channels_last=True,
-                           noise_generator=torch.Generator().manual_seed(args.seed + 1))
+    # ---- one training run; the EMA generators are shadows of the live G ("paper" in the results)
+    step = build_step(recipe, args.resolution, args.seed)
+    g = step.generator
     rampup = args.ema_rampup or None
     shadows = {"default": GeneratorEMA(g, args.ema_decay, rampup)}
     for spec in (x.strip() for x in args.extra_ema.split(",") if x.strip()):
@@ -230,6 +267,7 @@ def main(argv=None) -> None:
         "resolution": args.resolution,
         "batch": args.batch,
         "default_recipe": {"ema_decay": args.ema_decay, "ema_rampup": rampup, "bn": "averaged running statistics"},
+        "recipe": recipe,
         "recipes": results,
         "real_heldout_vs_train_fid": round(real_fid, 3),
         "samples_per_metric": n,

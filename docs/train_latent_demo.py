@@ -40,7 +40,9 @@ def main(argv=None) -> int:
     g, d = build_networks(cfg.model.model_dump())
     opt_g, opt_d = make_optimizers(g, d, cfg.train.lr_g, cfg.train.lr_d, (cfg.train.beta1, cfg.train.beta2))
     step = AdversarialStep(generator=g, discriminator=d, opt_g=opt_g, opt_d=opt_d, latent_dim=cfg.model.latent_dim,
-                           discriminator_steps=cfg.train.discriminator_steps, generator_loss=cfg.train.generator_loss)
+                           discriminator_steps=cfg.train.discriminator_steps, generator_loss=cfg.train.generator_loss,
+                           discriminator_loss=cfg.train.discriminator_loss, augment=cfg.train.augment,
+                           hflip=cfg.train.hflip)
     b = cfg.train.batch_size
     real = DataPosition().batches(lambda epoch, start: data[torch.randperm(len(data))].split(b)[start: len(data) // b])
     start = time.time()

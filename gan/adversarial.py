@@ -21,6 +21,14 @@ the other network:
 - G step: D is called as its bare module with ``requires_grad`` off, so no D
   parameter gets a gradient (and D's weight gradients are not even computed).
 
+Recipe options beyond the paper (all off by default): ``discriminator_loss="hinge"`` and
+``generator_loss="hinge"`` (gan.losses); ``augment``, a DiffAugment policy such as
+``"color,translation,cutout"`` (gan.augment), applied to the real and the fake images in
+D's update and to the fakes in G's update, which G's gradients flow through; ``hflip``,
+real images mirrored at random before augmentation. Their random draws come from
+``noise_generator``, like z's, so an iteration's transforms are a function of that
+generator's state (the training loop reseeds it from (seed, rank, iteration)).
+
 Metrics come back as detached tensors; call ``.item()`` only when logging, so a
 GPU step never waits on a host sync.
 
@@ -52,8 +60,10 @@ from typing import Callable, Iterator, Literal
 import torch
 from torch import nn
 
+from gan.augment import diff_augment, parse_policy, random_hflip
 from gan.images import normalize
-from gan.losses import GeneratorLoss, discriminator_loss, generator_loss
+from gan.losses import (DISCRIMINATOR_LOSSES, GENERATOR_LOSSES, DiscriminatorLoss, GeneratorLoss, discriminator_loss,
+                        generator_loss)
 
 CompileSetting = Literal["auto", "on", "off"]
 
@@ -114,6 +124,9 @@ class AdversarialStep:
     latent_dim: int = 100
     discriminator_steps: int = 1
     generator_loss: GeneratorLoss = "non_saturating"
+    discriminator_loss: DiscriminatorLoss = "cross_entropy"
+    augment: str | tuple[str, ...] = ""  # DiffAugment policy, e.g. "color,translation,cutout"; "": none
+    hflip: bool = False  # mirror real images left-right at random (p = 0.5)
     autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 on GPUs
     channels_last: bool = False
     noise_generator: torch.Generator | None = None
@@ -126,6 +139,11 @@ class AdversarialStep:
     def __post_init__(self) -> None:
         if self.discriminator_steps < 1:
             raise ValueError(f"discriminator_steps (k) must be >= 1, got {self.discriminator_steps}")
+        if self.generator_loss not in GENERATOR_LOSSES:
+            raise ValueError(f"generator_loss must be one of {GENERATOR_LOSSES}, got {self.generator_loss!r}")
+        if self.discriminator_loss not in DISCRIMINATOR_LOSSES:
+            raise ValueError(f"discriminator_loss must be one of {DISCRIMINATOR_LOSSES}, got {self.discriminator_loss!r}")
+        self.augment = ",".join(parse_policy(self.augment))
         self._device = next(unwrap(self.generator).parameters()).device
         self.compiled = compile_enabled(self.compile, self._device)
         if self.cuda_graphs and self.compiled and self._device.type != "cuda":
@@ -156,9 +174,16 @@ class AdversarialStep:
         x = x.to(self._device, non_blocking=True)
         if x.dtype == torch.uint8:  # from gan.feed: pixels become floats here, on the device
             x = normalize(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return self._layout(x)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _augmented(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as D sees it: through the DiffAugment policy (if any), differentiably."""
+        if not self.augment:
+            return x
+        return self._layout(diff_augment(x, self.augment, self.noise_generator))
 
     def discriminator_step(self, real: torch.Tensor, z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One D update on ``real`` and G(z) (z: fresh noise unless given)."""
@@ -166,11 +191,14 @@ class AdversarialStep:
         z = self.noise(real.shape[0]) if z is None else z.to(self._device)
         with torch.no_grad(), self._autocast():
             fake = self._g_fakes(z)
+            if self.hflip:
+                real = self._layout(random_hflip(real, self.noise_generator))
+            real, fake = self._augmented(real), self._augmented(fake)
         self.opt_d.zero_grad(set_to_none=True)
         with self._autocast():
             real_logits = self._d_update(real).float()
             fake_logits = self._d_update(fake).float()
-        loss = discriminator_loss(real_logits, fake_logits)
+        loss = discriminator_loss(real_logits, fake_logits, self.discriminator_loss)
         loss.backward()
         self.opt_d.step()
         return {
@@ -186,7 +214,7 @@ class AdversarialStep:
             z = self.noise(batch_size)
             self.opt_g.zero_grad(set_to_none=True)
             with self._autocast():
-                fake = self._g_update(z)
+                fake = self._augmented(self._g_update(z))  # G's gradients flow through the augmentation
                 logits = self._d_frozen(fake).float()
             loss = generator_loss(logits, self.generator_loss)
             loss.backward()

@@ -96,6 +96,8 @@ class ModelConfig(_Section):
     latent_dim: int = Field(100, ge=1)
     g_width: int = Field(64, ge=1, description="ngf: G's width at the last hidden layer (64 = reference, 128 = paper figure)")
     d_width: int = Field(64, ge=1, description="ndf: D's width at the first layer")
+    d_norm: Literal["batch", "spectral", "none"] = Field(
+        "batch", description="D's normalisation: batch (the paper), spectral (Miyato et al. 2018, no batch norm), none")
 
 
 class TrainConfig(_Section):
@@ -106,7 +108,11 @@ class TrainConfig(_Section):
     lr_d: float = Field(2e-4, gt=0, le=1)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
-    generator_loss: Literal["non_saturating", "minimax"] = "non_saturating"
+    generator_loss: Literal["non_saturating", "minimax", "hinge"] = "non_saturating"
+    discriminator_loss: Literal["cross_entropy", "hinge"] = "cross_entropy"
+    augment: str = Field("", description="DiffAugment policies for D's inputs, comma-separated (color, translation, "
+                         "cutout) or a list; '' (the paper): none")
+    hflip: bool = Field(False, description="mirror real images left-right at random (the paper: off)")
     ema_decay: float = Field(
         0.0, ge=0, lt=1, description="running average of G's weights, used for evaluation, registration and "
         "sampling when on (e.g. 0.999); 0: off, the paper's plain G (benchmarks/quality.py measured EMA worse)")
@@ -141,6 +147,13 @@ class TrainConfig(_Section):
     @classmethod
     def _absolute(cls, value):
         return absolute_location(value)
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_policy(cls, value):
+        from gan.augment import parse_policy
+
+        return ",".join(parse_policy(value))
 
     @field_validator("mixed_precision", "channels_last", "compile", mode="before")
     @classmethod

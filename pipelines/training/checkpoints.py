@@ -24,7 +24,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 def build_networks(model_cfg: dict[str, Any]) -> tuple[Generator, Discriminator]:
     g = Generator(resolution=model_cfg["resolution"], latent_dim=model_cfg["latent_dim"], width=model_cfg["g_width"])
-    d = Discriminator(resolution=model_cfg["resolution"], width=model_cfg["d_width"])
+    d = Discriminator(resolution=model_cfg["resolution"], width=model_cfg["d_width"],
+                      norm=model_cfg.get("d_norm", "batch"))  # (configs from before model.d_norm: the paper's)
     return g, d
 
 

@@ -124,6 +124,7 @@ def build_worker(loop_config: dict[str, Any]) -> Worker:
     noise = torch.Generator(device=device)
     step = AdversarialStep(generator=g, discriminator=d, opt_g=opt_g, opt_d=opt_d, latent_dim=cfg.model.latent_dim,
                            discriminator_steps=cfg.train.discriminator_steps, generator_loss=cfg.train.generator_loss,
+                           discriminator_loss=cfg.train.discriminator_loss, augment=cfg.train.augment, hflip=cfg.train.hflip,
                            autocast_dtype=opts["autocast_dtype"], channels_last=opts["channels_last"],
                            noise_generator=noise, compile=cfg.train.compile, cuda_graphs=cfg.train.cuda_graphs)
     fixed_noise = torch.randn(SAMPLE_GRID_SIZE, cfg.model.latent_dim, 1, 1,
