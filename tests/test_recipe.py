@@ -9,8 +9,8 @@ from torch import nn
 
 from gan.losses import (discriminator_loss, discriminator_loss_hinge, generator_loss, generator_loss_hinge)
 from gan.models import Discriminator, Generator, init_dcgan_weights
-from gan.training import AdversarialStep, make_optimizers
-from pipelines.checkpoints import build_networks
+from gan.adversarial import AdversarialStep, make_optimizers
+from pipelines.training.checkpoints import build_networks
 from pipelines.config import ConfigError, load_config
 
 RECIPE = {"discriminator_loss": "hinge", "generator_loss": "hinge", "augment": "color,translation,cutout",
