@@ -531,6 +531,14 @@ def test_rayjob_runs_the_documented_command_on_the_raycluster():
         assert command == entrypoint, f"documented: {command!r}\nRayJob:     {entrypoint!r}"
 
 
+def test_the_rayjob_retries_a_named_run():
+    """A retry after a lost head or driver continues the preset's named run, never starts over."""
+    from pipelines.config import load_config
+
+    assert _one("RayJob")["spec"]["backoffLimit"] > 0
+    assert load_config(PRODUCTION_PRESET).train.run_name, f"{PRODUCTION_PRESET} must name its run (train.run_name)"
+
+
 def test_every_documented_submit_line_runs_a_real_step_and_preset():
     lines = _documented_submit_lines()
     assert lines

@@ -1,0 +1,120 @@
+"""A named run (train.run_name) launched again continues: the driver and its in-process Ray
+head are lost mid-run (SIGKILL to the command's whole process group), the same command is
+run again, and the run ends with the weights of an uninterrupted one and every metric
+step once in one MLflow run. A config that would train something else is refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+ITERATIONS, EVERY = 60, 10
+COMMON = ["--config", "smoke", f"train.iterations={ITERATIONS}", f"train.checkpoint_every={EVERY}", "train.log_every=5",
+          "train.deterministic=true", "train.sample_every=100000", "eval.final_fid=false",
+          "tracking.register_model=false"]
+
+
+def _launch(module: str, cwd: Path, *args: str, log: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_TRACKING_URI"))}
+    return subprocess.Popen([sys.executable, "-m", module, *COMMON, *args], cwd=cwd, env=env,
+                            stdout=open(cwd / log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float = 400) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return log.read_text(errors="replace")
+
+
+def _train_run(workdir: Path, name: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir}/runs/mlflow.db")
+    experiment = client.get_experiment_by_name("dcgan-lsun-bedroom")
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.ray_run_name = '{name}' and "
+                                                            "tags.pipeline_step = 'train'")
+    return client, run
+
+
+def _weights(workdir: Path, name: str) -> dict:
+    from pipelines.training.checkpoints import load_state
+
+    _, run = _train_run(workdir, name)
+    return load_state(run.data.tags["checkpoint"])
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("named")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workdir):
+    proc = _launch("pipelines.steps.train", workdir, "train.run_name=straight", log="straight.log")
+    log = _finish(proc, workdir / "straight.log")
+    assert proc.returncode == 0, log[-4000:]
+    return _weights(workdir, "straight")
+
+
+def test_a_named_run_whose_driver_and_head_were_killed_continues_when_launched_again(workdir, uninterrupted):
+    name = "lost"
+    proc = _launch("pipelines.steps.run", workdir, f"train.run_name={name}", log="lost-1.log")
+    deadline = time.time() + 400
+    while f"iter {2 * EVERY}/" not in (workdir / "lost-1.log").read_text(errors="replace"):
+        assert proc.poll() is None, (workdir / "lost-1.log").read_text(errors="replace")[-4000:]
+        assert time.time() < deadline, "no second checkpoint in time"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started in-process: the head node
+    proc.wait()
+    assert "[train] iter 60/" not in (workdir / "lost-1.log").read_text(errors="replace"), "killed too late"
+
+    again = _launch("pipelines.steps.run", workdir, f"train.run_name={name}", log="lost-2.log")
+    log = _finish(again, workdir / "lost-2.log")
+    assert again.returncode == 0, log[-4000:]
+    assert f"continuing run '{name}'" in log and "resumed at iteration" in log, log[-4000:]
+    # Counted once: the dataset checked once, Ray started once, in this whole `dcgan run`.
+    assert log.count("[dataset] ") == 1 and log.count("[ray] ") == 1, log[-4000:]
+
+    client, run = _train_run(workdir, name)
+    for key in ("loss_d", "loss_g", "d_real", "d_fake"):
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        assert steps == list(range(1, ITERATIONS + 1)), f"{key}: a gap or a repeat"
+    pipelines = client.search_runs([run.info.experiment_id], "tags.pipeline_step = 'pipeline'")
+    assert len(pipelines) == 1 and run.data.tags["mlflow.parentRunId"] == pipelines[0].info.run_id
+
+    lost = _weights(workdir, name)
+    assert lost["iteration"] == uninterrupted["iteration"] == ITERATIONS
+    for net in ("generator", "discriminator"):
+        for key, value in uninterrupted[net].items():
+            if value.is_floating_point():
+                assert torch.allclose(value, lost[net][key], rtol=1e-6, atol=1e-7), f"{net}.{key} differs"
+            else:
+                assert torch.equal(value, lost[net][key]), f"{net}.{key} differs"
+
+
+def test_a_named_run_launched_with_another_model_is_refused_and_left_untouched(workdir, uninterrupted):
+    record = workdir / "runs" / "checkpoints" / "straight.json"
+    before = record.read_bytes()
+    checkpoints = sorted(p.name for p in (workdir / "runs" / "checkpoints" / "straight").iterdir())
+    done = subprocess.run([sys.executable, "-m", "pipelines.steps.train", *COMMON, "train.run_name=straight",
+                           "model.g_width=24", "train.iterations=80"], cwd=workdir, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.g_width" in lines[0] and "train.iterations" not in lines[0], done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert record.read_bytes() == before
+    assert sorted(p.name for p in (workdir / "runs" / "checkpoints" / "straight").iterdir()) == checkpoints
