@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from pipelines.errors import PipelineError
 from pipelines.cluster.storage import is_s3
@@ -221,6 +221,7 @@ class PipelineConfig(_Section):
     scaling: ScalingConfig = ScalingConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    _default_tracking_uri: str | None = PrivateAttr(None)
 
     # Derived values live here, once, rather than being recomputed by each step.
     @property
@@ -245,15 +246,18 @@ class PipelineConfig(_Section):
         return join_uri(self.storage, "checkpoints")
 
     def tracking_uri(self) -> str:
-        """``tracking.uri``, which :func:`load_config` fills in once, on the driver; for a config
-        built otherwise, $MLFLOW_TRACKING_URI or the SQLite file under ``storage``."""
+        """``tracking.uri``; unset, $MLFLOW_TRACKING_URI or the SQLite file under ``storage``,
+        resolved once (:func:`load_config` does it where the config is loaded, on the driver)
+        and kept out of the config's values, so a checkpoint's config names no machine's default."""
         if self.tracking.uri:
             return self.tracking.uri
-        if os.environ.get("MLFLOW_TRACKING_URI"):
-            return os.environ["MLFLOW_TRACKING_URI"]
-        if is_s3(self.storage):
-            return "sqlite:///" + str(Path("runs", "mlflow.db").resolve())
-        return "sqlite:///" + str(Path(self.storage, "mlflow.db").resolve())
+        if self._default_tracking_uri is None:
+            if os.environ.get("MLFLOW_TRACKING_URI"):
+                self._default_tracking_uri = os.environ["MLFLOW_TRACKING_URI"]
+            else:
+                folder = Path("runs") if is_s3(self.storage) else Path(self.storage)
+                self._default_tracking_uri = "sqlite:///" + str((folder / "mlflow.db").resolve())
+        return self._default_tracking_uri
 
     def flat(self) -> dict[str, Any]:
         """Dotted key -> value, e.g. for MLflow parameters."""
@@ -379,5 +383,5 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     """Preset YAML (or none: the embedded defaults) + dotted overrides -> a validated config,
     its tracking URI resolved here, once (workers and trials get the driver's)."""
     cfg = validate(deep_merge(load_raw(path), parse_overrides(overrides or [])))
-    cfg.tracking.uri = cfg.tracking_uri()
+    cfg.tracking_uri()
     return cfg

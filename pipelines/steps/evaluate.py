@@ -81,9 +81,7 @@ def evaluate_command(args) -> int:
     from pipelines.training.checkpoints import generator_from_state, load_generator, load_state
 
     state = None if location.startswith(MLFLOW_SCHEMES) else load_state(location)
-    trained_with = dict(state["config"], tracking={**state["config"]["tracking"], "uri": base.tracking.uri}) \
-        if state and not args.config else base.model_dump()
-    cfg = validate(deep_merge(trained_with, overrides))
+    cfg = validate(deep_merge(state["config"] if state and not args.config else base.model_dump(), overrides))
     generator = generator_from_state(state) if state else load_generator(location)
     with open_session(cfg, training=False, ingest=False) as session:
         result, step = evaluate_in_session(session, generator, args), int((state or {}).get("iteration", 0))
