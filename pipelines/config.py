@@ -10,6 +10,7 @@ values are rejected before any work starts, naming the key and what is allowed.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,22 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 class ConfigError(PipelineError, ValueError):
     """A config value or key that cannot be used; the message names the key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, reading as numbers the floats YAML 1.2, JSON and Python read as
+    numbers: YAML 1.1 (PyYAML) wants a dot and a signed exponent, so 1e-4, 5e-05, 1E-4
+    and 1.0e4 were strings there."""
+
+
+_Loader.add_implicit_resolver(  # copies SafeLoader's resolvers first: SafeLoader is unchanged
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """YAML (a preset, a sweep, an override's value) with numbers read as people type them."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
 
 
 def absolute_location(value):
@@ -313,7 +330,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
-        flat[key] = yaml.safe_load(raw) if raw.strip() else None
+        flat[key] = load_yaml(raw) if raw.strip() else None
     return nest_dotted(flat)
 
 
@@ -344,7 +361,7 @@ def load_raw(path: str | os.PathLike | None) -> dict[str, Any]:
         return {}
     p = resolve_preset(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p} is not valid YAML: {e}") from e
     if not isinstance(data, dict):

@@ -21,12 +21,13 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipelines.config import ConfigError, PipelineConfig, deep_merge, load_raw, nest_dotted, parse_overrides, validate
+from pipelines.config import (ConfigError, PipelineConfig, deep_merge, load_raw, load_yaml, nest_dotted,
+                              parse_overrides, resolve_preset, validate)
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid", "randint")
+RANGES = ("loguniform", "uniform", "randint")
 
 
 class AshaConfig(BaseModel):
@@ -55,7 +56,10 @@ class SweepConfig(BaseModel):
             if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
                 raise ValueError(f"search.{key} must be one of {{{', '.join(DISTRIBUTIONS)}: [...]}}, got {spec}")
             kind, args = next(iter(spec.items()))
-            if kind in ("loguniform", "uniform", "randint") and (len(args) != 2 or not args[0] < args[1]):
+            if kind in RANGES:
+                what = f"search.{key}: {kind} bounds"
+                spec[kind] = args = [_number(what, a, integer=kind == "randint") for a in args]
+            if kind in RANGES and (len(args) != 2 or not args[0] < args[1]):
                 raise ValueError(f"search.{key}: {kind} takes [low, high] with low < high, got {args}")
             if kind == "loguniform" and args[0] <= 0:
                 raise ValueError(f"search.{key}: loguniform needs low > 0, got {args}")
@@ -86,11 +90,21 @@ class SweepConfig(BaseModel):
         return base
 
 
-def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> SweepConfig:
-    from pipelines.config import resolve_preset
+def _number(what: str, value: Any, integer: bool = False) -> int | float:
+    """A bound as a number, also when it came quoted ('1e-4')."""
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+        raise ValueError(f"{what} must be {'integers' if integer else 'numbers'}, got {value!r}")
+    return int(value) if integer else value
 
+
+def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> SweepConfig:
     p = resolve_preset(path)
-    data = yaml.safe_load(p.read_text()) or {}
+    data = load_yaml(p.read_text()) or {}
     data = deep_merge(data, parse_overrides(overrides or []))
     try:
         sweep = SweepConfig.model_validate(data)

@@ -1,0 +1,49 @@
+"""The sweep's YAML and command line, parsed only (no Ray, nothing run): numbers as people
+type them, the help's own example, a real grid, and local paths fixed on the driver."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import ConfigError, load_config
+from tune.sweep_config import load_sweep
+
+NUMBERS = ["1e-4", "1E-4", "5e-05", "0.0001", "1.0e-4", "1.0e4", "+1e2", "1_000"]
+VALUES = [1e-4, 1e-4, 5e-5, 1e-4, 1e-4, 1e4, 1e2, 1000]
+
+
+def _sweep_yaml(tmp_path: Path, search: str, extra: str = "") -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"name: t\npreset: smoke\npipeline: {{eval.fid_every: 10}}\nsearch:\n{search}\n{extra}")
+    return path
+
+
+def test_numbers_in_a_sweep_yaml_are_numbers_however_typed(tmp_path):
+    path = _sweep_yaml(tmp_path, "  train.lr_g: {loguniform: [1e-4, 1E-3]}\n  train.lr_d: {uniform: [5e-05, 2e-3]}\n"
+                       "  train.discriminator_steps: {randint: [1, 3]}\n  train.beta1: {choice: [0, 5e-1, 0.9]}")
+    sweep = load_sweep(path)
+    assert sweep.search["train.lr_g"] == {"loguniform": [1e-4, 1e-3]}
+    assert sweep.search["train.lr_d"] == {"uniform": [5e-5, 2e-3]}
+    assert sweep.search["train.beta1"] == {"choice": [0, 0.5, 0.9]}
+    assert all(isinstance(v, (int, float)) for spec in sweep.search.values() for v in next(iter(spec.values())))
+
+
+@pytest.mark.parametrize("typed,value", zip(NUMBERS, VALUES), ids=NUMBERS)
+def test_a_number_typed_any_usual_way_is_read_as_one(tmp_path, typed, value):
+    # in a sweep YAML, a sweep override, a pipeline override in a sweep, a pipeline config
+    path = _sweep_yaml(tmp_path, f"  eval.copying_min_median_ratio: {{choice: [{typed}]}}\n"
+                       f"  tracking.outage_timeout_s: {{uniform: [{typed}, 2e4]}}")
+    sweep = load_sweep(path, [f"pipeline.eval.copying_min_median_ratio={typed}"])
+    assert sweep.search["eval.copying_min_median_ratio"]["choice"] == [value]
+    assert sweep.search["tracking.outage_timeout_s"]["uniform"][0] == value
+    assert sweep.pipeline["eval"]["copying_min_median_ratio"] == value
+    assert load_config("smoke", [f"tracking.outage_timeout_s={typed}"]).tracking.outage_timeout_s == value
+
+
+def test_quoted_numbers_stay_text_and_bounds_must_be_numbers(tmp_path):
+    with pytest.raises(ConfigError, match=r"search\.train\.lr_g: loguniform bounds must be numbers, got 'low'"):
+        load_sweep(_sweep_yaml(tmp_path, "  train.lr_g: {loguniform: [low, 1e-3]}"))
+    sweep = load_sweep(_sweep_yaml(tmp_path, "  train.lr_g: {uniform: ['1e-4', 1e-3]}\n  name: {choice: ['1e3']}"))
+    assert sweep.search["train.lr_g"]["uniform"] == [1e-4, 1e-3]  # a bound quoted by mistake still reads
+    assert sweep.search["name"]["choice"] == ["1e3"]  # a quoted choice is the text it says
