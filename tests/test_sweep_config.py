@@ -1,12 +1,14 @@
 """The sweep's YAML and command line, parsed only (no Ray, nothing run): numbers as people
 type them, the help's own example, a real grid, and local paths fixed on the driver."""
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipelines.config import ConfigError, load_config
+from tune.sweep import main
 from tune.sweep_config import load_sweep
 
 NUMBERS = ["1e-4", "1E-4", "5e-05", "0.0001", "1.0e-4", "1.0e4", "+1e2", "1_000"]
@@ -47,3 +49,17 @@ def test_quoted_numbers_stay_text_and_bounds_must_be_numbers(tmp_path):
     sweep = load_sweep(_sweep_yaml(tmp_path, "  train.lr_g: {uniform: ['1e-4', 1e-3]}\n  name: {choice: ['1e3']}"))
     assert sweep.search["train.lr_g"]["uniform"] == [1e-4, 1e-3]  # a bound quoted by mistake still reads
     assert sweep.search["name"]["choice"] == ["1e3"]  # a quoted choice is the text it says
+
+
+def test_the_help_example_is_accepted(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    example = re.search(r"overrides .*?e\.g\. (\S+=\S+(?: \S+=\S+)*)", text).group(1).split()
+    sweep = load_sweep("sweep-demo", example)  # parsed and checked, not run
+    base = sweep.check().flat()
+    for item in example:
+        key, value = item.split("=", 1)
+        got = base[key.removeprefix("pipeline.")] if key.startswith("pipeline.") else getattr(sweep, key)
+        assert got == yaml.safe_load(value), (item, got)

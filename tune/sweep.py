@@ -1,6 +1,6 @@
 """Ray Tune sweeps over learning rates and k, stopped early on FID, the winner registered.
 
-    python -m tune.sweep --config configs/sweep-demo.yaml [key=value ...]
+    python -m tune.sweep --config configs/sweep-demo.yaml [num_samples=8 pipeline.train.iterations=200 ...]
     python -m tune.sweep --resume runs/sweeps/<sweep run>       # continue an interrupted sweep
     ray job submit --working-dir . -- python -m tune.sweep --config configs/sweep-demo.yaml
 
@@ -33,6 +33,9 @@ STATE_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"  # the finished sweep: best trial, registered version, time split
 ASHA_STATE_FILE = "asha.json"  # ASHA's rungs, for a restored sweep (tune/schedulers.py)
 TRIAL_DRIVER_CPU = 0.1
+# Overrides are keys of the sweep YAML; the pipeline's own keys are under pipeline.
+OVERRIDES_HELP = ("key=value overrides of the sweep YAML with dotted keys (the pipeline's under pipeline.), "
+                  "e.g. num_samples=8 pipeline.train.iterations=200")
 
 
 @dataclass
@@ -243,7 +246,8 @@ def sweep_command(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = config_parser(PROG, "Ray Tune sweep over learning rates and k.", default_config="sweep-demo")
+    ap = config_parser(PROG, "Ray Tune sweep over learning rates and k.", default_config="sweep-demo",
+                       overrides_help=OVERRIDES_HELP)
     ap.add_argument("--resume", help="the folder of an interrupted sweep (printed when it started)")
     return run_command(PROG, lambda: sweep_command(ap.parse_args(argv)))
 
