@@ -10,6 +10,7 @@ import yaml
 from pipelines.config import ConfigError, load_config
 from tune.sweep import main
 from tune.sweep_config import load_sweep
+from tune.trials import search_space
 
 NUMBERS = ["1e-4", "1E-4", "5e-05", "0.0001", "1.0e-4", "1.0e4", "+1e2", "1_000"]
 VALUES = [1e-4, 1e-4, 5e-5, 1e-4, 1e-4, 1e4, 1e2, 1000]
@@ -63,3 +64,23 @@ def test_the_help_example_is_accepted(capsys):
         key, value = item.split("=", 1)
         got = base[key.removeprefix("pipeline.")] if key.startswith("pipeline.") else getattr(sweep, key)
         assert got == yaml.safe_load(value), (item, got)
+
+
+def test_grid_searcher_runs_every_combination_of_the_choices(tmp_path):
+    from ray.tune.search.variant_generator import generate_variants
+
+    path = _sweep_yaml(tmp_path, "  train.lr_g: {choice: [1e-4, 2e-4, 4e-4]}\n"
+                       "  train.discriminator_steps: {choice: [1, 2]}", "searcher: grid\n")
+    sweep = load_sweep(path)
+    assert sweep.num_samples == 1 and sweep.trial_count() == 6  # each combination once unless num_samples says more
+    variants = [spec["params"] for _, spec in generate_variants({"params": search_space(sweep)})]
+    assert sorted((v["train.lr_g"], v["train.discriminator_steps"]) for v in variants) == \
+        sorted((lr, k) for lr in (1e-4, 2e-4, 4e-4) for k in (1, 2))
+    assert load_sweep(path, ["num_samples=2"]).trial_count() == 12
+
+
+def test_grid_searcher_refuses_a_continuous_range_naming_the_key(tmp_path):
+    path = _sweep_yaml(tmp_path, "  train.lr_g: {loguniform: [1e-4, 1e-3]}\n"
+                       "  train.discriminator_steps: {choice: [1, 2]}", "searcher: grid\n")
+    with pytest.raises(ConfigError, match=r"search\.train\.lr_g.*loguniform.*choice"):
+        load_sweep(path)

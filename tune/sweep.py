@@ -239,7 +239,7 @@ def _cpus_needed(sweep: SweepConfig, base: PipelineConfig) -> int:
 def sweep_command(args) -> int:
     sweep = None if args.resume else load_sweep(args.config, args.overrides)
     if sweep is not None:
-        print(f"[sweep] {sweep.num_samples} trials, {sweep.max_concurrent_trials} at a time; "
+        print(f"[sweep] {sweep.trial_count()} trials, {sweep.max_concurrent_trials} at a time; "
               f"search: {', '.join(sweep.search)}", flush=True)
     print(json.dumps(run_sweep(sweep, resume=args.resume), indent=2, default=str))
     return 0

@@ -9,7 +9,8 @@
       train.discriminator_steps: {choice: [1, 2, 3]}
     num_samples: 4
     max_concurrent_trials: 2
-    searcher: random              # random | grid | optuna (Bayesian; needs `pip install optuna`)
+    searcher: random              # random | grid (every combination of the choices) |
+                                  # optuna (Bayesian; needs `pip install optuna`)
     asha: {grace_period: 1, reduction_factor: 2}
 
 Search keys are any dotted key of the pipeline config; each is validated against it
@@ -18,10 +19,11 @@ Search keys are any dotted key of the pipeline config; each is validated against
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.config import (ConfigError, PipelineConfig, deep_merge, load_raw, load_yaml, nest_dotted,
                               parse_overrides, resolve_preset, validate)
@@ -66,6 +68,25 @@ class SweepConfig(BaseModel):
             if kind in ("choice", "grid") and not args:
                 raise ValueError(f"search.{key}: {kind} needs at least one value")
         return search
+
+    @model_validator(mode="after")
+    def _grid(self):
+        if self.searcher != "grid":
+            return self
+        for key, spec in self.search.items():
+            kind = next(iter(spec))
+            if kind in RANGES:
+                raise ValueError(f"searcher: grid runs every combination of listed values, and search.{key} is a "
+                                 f"{kind} range: list its values ({{choice: [...]}}) or use searcher: random")
+        if "num_samples" not in self.model_fields_set:
+            self.num_samples = 1  # each combination once; num_samples: n repeats the grid n times
+        return self
+
+    def trial_count(self) -> int:
+        """How many trials Tune runs: num_samples, times every combination of the grid values."""
+        gridded = ("grid", "choice") if self.searcher == "grid" else ("grid",)
+        return self.num_samples * math.prod(len(args) for spec in self.search.values()
+                                            for kind, args in spec.items() if kind in gridded)
 
     def trial_config(self, params: dict[str, Any]) -> PipelineConfig:
         """The pipeline config of one trial: preset + overrides + the sampled values.
@@ -112,7 +133,8 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
         lines = []
         for err in e.errors():
             key = ".".join(str(x) for x in err["loc"])
-            lines.append(f"unknown key '{key}'" if err["type"] == "extra_forbidden" else f"{key}: {err['msg']}")
+            message = f"{key}: {err['msg']}" if key else err["msg"]  # a whole-sweep rule has no key
+            lines.append(f"unknown key '{key}'" if err["type"] == "extra_forbidden" else message)
         raise ConfigError(f"invalid sweep config {p}:\n  " + "\n  ".join(lines)) from None
     sweep.check()
     return sweep
