@@ -9,9 +9,10 @@ import yaml
 
 from pipelines.config import ConfigError, load_config
 from tune.sweep import main
-from tune.sweep_config import load_sweep
+from tune.sweep_config import SweepConfig, load_sweep
 from tune.trials import search_space
 
+ROOT = Path(__file__).resolve().parent.parent
 NUMBERS = ["1e-4", "1E-4", "5e-05", "0.0001", "1.0e-4", "1.0e4", "+1e2", "1_000"]
 VALUES = [1e-4, 1e-4, 5e-5, 1e-4, 1e-4, 1e4, 1e2, 1000]
 
@@ -84,3 +85,21 @@ def test_grid_searcher_refuses_a_continuous_range_naming_the_key(tmp_path):
                        "  train.discriminator_steps: {choice: [1, 2]}", "searcher: grid\n")
     with pytest.raises(ConfigError, match=r"search\.train\.lr_g.*loguniform.*choice"):
         load_sweep(path)
+
+
+def test_local_paths_are_fixed_where_the_sweep_starts(tmp_path, monkeypatch):
+    """Tune runs each trial in its own working folder: a relative ./runs, dataset or preset
+    path must mean the folder the sweep was started from, not the trial's."""
+    start, elsewhere = tmp_path / "clone", tmp_path / "trial-dir"
+    start.mkdir(), elsewhere.mkdir()
+    (start / "preset.yaml").write_text((ROOT / "configs" / "smoke.yaml").read_text())
+    monkeypatch.chdir(start)
+    sweep = load_sweep(_sweep_yaml(start, "  train.lr_g: {choice: [1e-4]}").name,
+                       ["preset=preset.yaml", "pipeline.data.dataset=data/set",
+                        "pipeline.tracking.uri=sqlite:///db/m.db"])
+    pinned = sweep.pinned()
+    monkeypatch.chdir(elsewhere)  # as in a trial
+    cfg = SweepConfig.model_validate(pinned.model_dump()).trial_config({"train.lr_g": 1e-4})
+    assert cfg.storage == str(start / "runs") and cfg.data.dataset == str(start / "data" / "set")
+    assert cfg.tracking.uri == f"sqlite:///{start}/db/m.db" and cfg.tracking_uri() == cfg.tracking.uri
+    assert pinned.pinned() == pinned  # pinning twice changes nothing

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import storage, tracking
-from pipelines.config import ConfigError, PipelineConfig
+from pipelines.config import ConfigError, PipelineConfig, absolute_location
 from pipelines.entrypoint import config_parser, run_command
+from pipelines.errors import PipelineError
 from pipelines.preflight import check_data
-from tune.sweep_config import SweepConfig, load_sweep
+from tune.sweep_config import SweepConfig, absolute_tracking_uri, load_sweep
 
 PROG = "dcgan sweep"
 STATE_FILE = "sweep.json"
@@ -36,6 +37,10 @@ TRIAL_DRIVER_CPU = 0.1
 # Overrides are keys of the sweep YAML; the pipeline's own keys are under pipeline.
 OVERRIDES_HELP = ("key=value overrides of the sweep YAML with dotted keys (the pipeline's under pipeline.), "
                   "e.g. num_samples=8 pipeline.train.iterations=200")
+
+
+class SweepFailed(PipelineError):
+    """No trial left a result to rank; the message is the first trial's error, in one line."""
 
 
 @dataclass
@@ -98,11 +103,14 @@ def open_sweep(sweep_config: SweepConfig | None, resume: str | None) -> Sweep:
     before anything starts."""
     from pipelines.provenance import unique_run_name
 
+    resume = absolute_location(resume)  # runs/sweeps/<name>: where the command was given
     state = json.loads(storage.read_bytes(storage.join(resume, STATE_FILE))) if resume else {}
     sweep_config = SweepConfig.model_validate(state["sweep"]) if resume else sweep_config
+    # Local paths mean the folder the sweep started in, wherever Tune runs a trial.
+    sweep_config = sweep_config.pinned()
     base = sweep_config.check()
     check_data(base)
-    uri = base.tracking_uri()
+    uri = absolute_tracking_uri(base.tracking_uri())
     tracking.check_tracking(uri)
     experiment_id = tracking.configure(uri, base.tracking.experiment)
     if resume:
@@ -198,6 +206,7 @@ def record_results(sweep: Sweep, results, prep_s: float, sweep_s: float):
 
     iterations = sweep.base.train.iterations
     end_trial_runs(results, sweep.tracking_uri, sweep.experiment_id, sweep.parent_run_id, iterations)
+    check_trials(results, sweep.metric)
     df = trial_table(results, sweep.metric, list(sweep.config.search))
     # From each trial's last result (the table holds each trial's best one).
     stopped_early = sum(1 for r in results if r.metrics and r.metrics.get("iteration", iterations) < iterations)
@@ -210,9 +219,6 @@ def record_results(sweep: Sweep, results, prep_s: float, sweep_s: float):
         df.to_csv(Path(tmp, "trials.csv"), index=False)
         mlflow.log_artifact(str(Path(tmp, "trials.csv")))
         mlflow.log_artifact(str(plot_trials(df, sweep.metric, Path(tmp, "fid_vs_learning_rates.png"))))
-    errors = [r.error for r in results if r.error]
-    if len(errors) == len(df) or df.empty:
-        raise RuntimeError(f"every trial failed; first error: {errors[0] if errors else 'no result'}")
     return df, stopped_early, timing
 
 
@@ -229,6 +235,35 @@ def register_best(sweep: Sweep, best, manifest: dict):
                                          sweep.metric, manifest["content_hash"], tags,
                                          dataset=mlflow_dataset(manifest, sweep.base.dataset_uri),
                                          step=int(best.get("iteration", 0)))
+
+
+def check_trials(results, metric: str) -> None:
+    """A sweep with no trial to rank ends here, with one line saying why (exit status 2)."""
+    errors = [r.error for r in results if r.error]
+    ranked = [r for r in results if r.metrics and metric in r.metrics]
+    if errors and (len(errors) == len(results) or not ranked):
+        raise SweepFailed(f"every trial failed ({len(errors)} of {len(results)}); the first: {error_line(errors[0])}")
+    if not ranked:
+        raise SweepFailed(f"no trial reported {metric} ({len(results)} trials, none failed)")
+
+
+def error_line(error: BaseException) -> str:
+    """The error a trial raised, in one line: Ray's and Ray Train's wrappers (each with a
+    traceback in its text) peeled off down to the project's or library's own error."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        failures = getattr(error, "worker_failures", None)  # ray.train.WorkerGroupError
+        inner = (getattr(error, "cause", None) or getattr(error, "controller_failure", None)
+                 or (next(iter(failures.values())) if failures else None))
+        if not isinstance(inner, BaseException):
+            break
+        error = inner
+    text = str(error).strip()
+    if "Traceback (most recent call last)" in text or '\n  File "' in text:
+        text = text.splitlines()[-1]  # a traceback ends with "Type: message"
+    line, name = " ".join(text.split()), type(error).__name__
+    return line if line.split(":", 1)[0].split(".")[-1] == name else f"{name}: {line}"
 
 
 def _cpus_needed(sweep: SweepConfig, base: PipelineConfig) -> int:

@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipelines.config import (ConfigError, PipelineConfig, deep_merge, load_raw, load_yaml, nest_dotted,
-                              parse_overrides, resolve_preset, validate)
+from pipelines.config import (CONFIG_DIR, ConfigError, PipelineConfig, absolute_location, deep_merge, load_raw,
+                              load_yaml, nest_dotted, parse_overrides, resolve_preset, validate)
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid", "randint")
 RANGES = ("loguniform", "uniform", "randint")
+# The pipeline keys that hold local paths (pipelines.config.absolute_location makes them
+# absolute where the config is validated): pinned on the driver, see SweepConfig.pinned.
+LOCATION_KEYS = ("storage", "data.source", "data.dataset", "train.resume_from")
 
 
 class AshaConfig(BaseModel):
@@ -109,6 +113,32 @@ class SweepConfig(BaseModel):
             kind, args = next(iter(spec.items()))
             self.trial_config({key: args[0]})  # raises ConfigError naming the key if it is wrong
         return base
+
+    def pinned(self) -> SweepConfig:
+        """This sweep with its local paths fixed here, on the driver: the preset file, the
+        storage, the data and checkpoint paths, a SQLite tracking store. Tune runs each
+        trial in a working folder of its own (and Ray Train its workers in theirs), where
+        a relative ``./runs`` named another folder. Tune's chdir stays on
+        (RAY_CHDIR_TO_TRIAL_DIR): it keeps trials from writing over each other, and on a
+        cluster a trial's node has no driver folder to go back to anyway."""
+        base = self.trial_config({}).flat()
+        pins = {key: base[key] for key in LOCATION_KEYS if base[key] is not None}
+        if base["tracking.uri"]:
+            pins["tracking.uri"] = absolute_tracking_uri(base["tracking.uri"])
+        search = {key: {kind: [absolute_location(v) for v in args] if key in LOCATION_KEYS else args
+                        for kind, args in spec.items()} for key, spec in self.search.items()}
+        preset = resolve_preset(self.preset).absolute()
+        # A bundled preset goes by its name, which every node with the project resolves.
+        preset_name = preset.stem if preset.resolve().parent == CONFIG_DIR.resolve() else str(preset)
+        return self.model_copy(update={"preset": preset_name, "pipeline": {**self.pipeline, **pins}, "search": search})
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """A relative SQLite store (``sqlite:///runs/mlflow.db``) made absolute; others unchanged."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and uri[len(prefix):] != ":memory:":
+        return prefix + str(Path(uri[len(prefix):]).absolute())
+    return uri
 
 
 def _number(what: str, value: Any, integer: bool = False) -> int | float:
