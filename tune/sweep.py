@@ -166,7 +166,8 @@ def make_tuner(sweep: Sweep):
     # resources itself): a sliver of a CPU, so trials queue on the workers' resources.
     trainable = ray.tune.with_resources(run_trial, {"CPU": TRIAL_DRIVER_CPU})
     fs, path = storage.filesystem(sweep.directory)
-    if sweep.resumed and ray.tune.Tuner.can_restore(storage.join(sweep.directory, "tune"), storage_filesystem=fs):
+    # Inside its filesystem, without the s3:// scheme: pyarrow refuses a URI with a filesystem.
+    if sweep.resumed and ray.tune.Tuner.can_restore(f"{path}/tune", storage_filesystem=fs):
         return ray.tune.Tuner.restore(f"{path}/tune", trainable=trainable, resume_unfinished=True,
                                       resume_errored=True, storage_filesystem=fs)
     scheduler = None
