@@ -113,7 +113,7 @@ def test_sweep_stops_trials_early_survives_a_killed_driver_and_registers_the_cha
     recipe = json.loads((sweep_dirs[0] / "sweep.json").read_text())["sweep"]
     assert recipe["pipeline"]["storage"] == str(runs)  # fixed where the sweep started, for every trial
     expected = _asha_stops(json.loads((sweep_dirs[0] / "asha.json").read_text()),
-                           rf=recipe["asha"]["reduction_factor"], final=recipe["pipeline"]["train.iterations"])
+                           final=recipe["pipeline"]["train.iterations"])
     stopped = {r.data.tags["trial_id"] for r in _children(client, parent.info.run_id)
                if r.data.tags.get("stopped_early") == "true"}
     assert stopped == expected and summary["stopped_early"] == len(expected)
@@ -135,19 +135,29 @@ def test_sweep_stops_trials_early_survives_a_killed_driver_and_registers_the_cha
     assert images.shape == (4, 3, 32, 32) and torch.isfinite(images).all() and images.std() > 0.01
 
 
-def _asha_stops(state: dict, rf: float, final: int) -> set[str]:
-    """Trials ASHA stops at a rung before ``final``: at each rung, in the order results
-    arrived, a trial below the (1 - 1/rf) percentile of the earlier ones (Ray's _Bracket)."""
+def _asha_stops(state: dict, final: int) -> set[str]:
+    """Trials ASHA stops before ``final``, worked out again from every result it was given
+    (asha.json, in the order it got them) by the rule of Ray's _Bracket (mode min): rungs
+    at grace_period * rf**k up to max_t; a trial's first result at or past a rung is
+    recorded at the highest such rung, and stops the trial if it is worse than the
+    (1/rf) quantile of the results recorded there before it."""
+    settings = state["settings"]
+    grace, rf = settings["grace_period"], settings["reduction_factor"]
+    milestones = [grace * rf**k for k in range(int(np.log(settings["max_t"] / grace) / np.log(rf) + 1))]
+    rungs: dict[float, dict[str, float]] = {m: {} for m in milestones}  # dicts keep the order of arrival
     stops = set()
-    for milestones, recorded in zip(state["milestones"], state["recorded"]):
-        for milestone, rung in zip(milestones, recorded):
-            if milestone >= final:
+    for result in state["results"]:
+        trial, at, value = result["trial_id"], result["time"], result["value"]
+        for milestone in sorted(milestones, reverse=True):
+            recorded = rungs[milestone]
+            if at >= milestone and trial in recorded:
+                break
+            if at < milestone:
                 continue
-            earlier = []
-            for trial, value in rung.items():  # JSON keeps the order they were recorded in
-                if earlier and value < np.nanpercentile(earlier, (1 - 1 / rf) * 100):
-                    stops.add(trial)
-                earlier.append(value)
+            if recorded and at < final and value > np.nanpercentile(list(recorded.values()), 100 / rf):
+                stops.add(trial)
+            recorded[trial] = value
+            break
     return stops
 
 

@@ -32,7 +32,7 @@ from tune.sweep_config import SweepConfig, absolute_tracking_uri, load_sweep
 PROG = "dcgan sweep"
 STATE_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"  # the finished sweep: best trial, registered version, time split
-ASHA_STATE_FILE = "asha.json"  # ASHA's rungs, for a restored sweep (tune/schedulers.py)
+ASHA_STATE_FILE = "asha.json"  # ASHA's own save and the results it was given, for a restored sweep (tune/schedulers.py)
 TRIAL_DRIVER_CPU = 0.1
 # Overrides are keys of the sweep YAML; the pipeline's own keys are under pipeline.
 OVERRIDES_HELP = ("key=value overrides of the sweep YAML with dotted keys (the pipeline's under pipeline.), "
