@@ -22,13 +22,14 @@ from pipelines.training.stopping import install_sigterm_handler
 OVERRIDES_HELP = "key=value config overrides with dotted keys, e.g. train.lr_d=1e-4"
 
 
-def config_parser(prog: str, description: str, default_config: str | None = "demo") -> argparse.ArgumentParser:
+def config_parser(prog: str, description: str, default_config: str | None = "demo",
+                  overrides_help: str = OVERRIDES_HELP) -> argparse.ArgumentParser:
     """A parser with ``--config`` (a preset name from configs/ or a YAML path) and the overrides."""
     ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("--config", default=default_config,
                     help="a preset name (configs/*.yaml) or a YAML path"
                     + (f" (default: {default_config})" if default_config else " (default: the embedded defaults)"))
-    ap.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    ap.add_argument("overrides", nargs="*", help=overrides_help)
     return ap
 
 
