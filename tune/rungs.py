@@ -53,7 +53,8 @@ def from_experiment(tune_dir: str, metric: str, search_keys: list[str]) -> pd.Da
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(tune_dir)
-    frames = {trial.trial_id: analysis.trial_dataframes.get(trial.path) for trial in analysis.trials}
+    dataframes = analysis.trial_dataframes  # keyed by trial id (Ray 2.60), by path before
+    frames = {t.trial_id: dataframes.get(t.trial_id, dataframes.get(t.path)) for t in analysis.trials}
     configs = {trial.trial_id: trial.config.get("params", {}) for trial in analysis.trials}
     return rung_table(frames, configs, metric, search_keys)
 
