@@ -1,10 +1,8 @@
 """One typed, validated config for a run (pydantic).
 
-A preset YAML (``configs/*.yaml``) plus ``key=value`` overrides with dotted keys
-(``train.lr_g=1e-4``) build it. The CLI, the ``python -m pipelines.*`` entry points,
-Ray Train's ``train_loop_config`` and Tune's ``param_space`` all carry this object
-(as a plain dict on the wire: ``cfg.model_dump()``). Unknown keys and impossible
-values are rejected before any work starts, naming the key and what is allowed.
+A preset YAML plus dotted ``key=value`` overrides (``train.lr_g=1e-4``) build it; the CLI, the
+entry points, Ray Train's ``train_loop_config`` and Tune's ``param_space`` carry it (a dict on the
+wire: ``cfg.model_dump()``). Unknown keys and impossible values are refused before any work.
 """
 
 from __future__ import annotations
@@ -113,28 +111,29 @@ class ModelConfig(_Section):
     latent_dim: int = Field(100, ge=1)
     g_width: int = Field(64, ge=1, description="ngf: G's width at the last hidden layer (64 = reference, 128 = paper figure)")
     d_width: int = Field(64, ge=1, description="ndf: D's width at the first layer")
+    # The recipe's defaults (here and in TrainConfig): the LSUN sweep's best trial (README, "Recipes").
     d_norm: Literal["batch", "spectral", "none"] = Field(
-        "batch", description="D's normalisation: batch (the paper), spectral (Miyato et al. 2018, no batch norm), none")
+        "spectral", description="D's normalisation: batch (the paper), spectral (Miyato et al. 2018, no batch norm), none")
 
 
 class TrainConfig(_Section):
     batch_size: int = Field(128, ge=1, description="per worker; the global batch is batch_size * num_workers")
     iterations: int = Field(1000, ge=1, description="generator updates; each consumes discriminator_steps batches")
     discriminator_steps: int = Field(1, ge=1, le=100, description="k of Goodfellow et al.'s Algorithm 1")
-    lr_g: float = Field(2e-4, gt=0, le=1)
-    lr_d: float = Field(2e-4, gt=0, le=1)
+    lr_g: float = Field(1e-4, gt=0, le=1, description="G's Adam learning rate (the paper: 2e-4)")
+    lr_d: float = Field(2.7e-4, gt=0, le=1, description="D's Adam learning rate (the paper: 2e-4)")
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
-    generator_loss: Literal["non_saturating", "minimax", "hinge"] = "non_saturating"
-    discriminator_loss: Literal["cross_entropy", "hinge"] = "cross_entropy"
-    augment: str = Field("", description="DiffAugment policies for D's inputs, comma-separated (color, translation, "
-                         "cutout) or a list; '' (the paper): none")
+    generator_loss: Literal["non_saturating", "minimax", "hinge"] = Field("hinge", description="the paper: non_saturating")
+    discriminator_loss: Literal["cross_entropy", "hinge"] = Field("hinge", description="the paper: cross_entropy")
+    augment: str = Field("translation", description="DiffAugment policies for D's inputs, comma-separated (color, "
+                         "translation, cutout) or a list; '' (the paper): none")
     hflip: bool = Field(False, description="mirror real images left-right at random (the paper: off)")
     ema_decay: float = Field(
-        0.0, ge=0, lt=1, description="running average of G's weights, used for evaluation, registration and "
-        "sampling when on (e.g. 0.999); 0: off, the paper's plain G (benchmarks/quality.py measured EMA worse)")
-    ema_rampup: float | None = Field(
-        0.05, gt=0, description="EMA warm-up: half-life at most this times the steps taken (null: no warm-up)")
+        0.995, ge=0, lt=1, description="running average of G's weights, used for evaluation, registration and "
+        "sampling when on; 0: off, the paper's plain G")
+    ema_rampup: float | None = Field(0.05, gt=0, description="EMA warm-up: half-life at most this times the steps "
+                                     "taken (null: no warm-up)")
     seed: int = 0
     sync_batchnorm: bool = Field(False, description="batch statistics across workers (off in the paper)")
     mixed_precision: Literal["auto", "bf16", "off"] = Field("auto", description="auto: bf16 autocast on GPUs, off on CPUs")

@@ -7,15 +7,28 @@ def test_presets_load_and_overrides_apply():
     cfg = load_config("configs/demo.yaml", ["train.lr_g=1e-3", "train.discriminator_steps=3", "name=x1"])
     assert cfg.train.lr_g == 1e-3 and cfg.train.discriminator_steps == 3 and cfg.name == "x1"
     assert cfg.model.resolution == 32
-    paper = load_config("lsun-bedroom-64")
+    paper = load_config("paper")
     assert (paper.model.resolution, paper.train.batch_size, paper.train.lr_g, paper.train.beta1) == (64, 128, 2e-4, 0.5)
     assert paper.model.g_width == 128 and paper.scaling.use_gpu
 
 
-def test_defaults_are_the_paper_hyperparameters():
+def test_the_paper_preset_is_the_paper_and_the_defaults_are_the_sweeps_recipe():
+    paper = load_config("paper")
+    assert (paper.train.lr_g, paper.train.lr_d, paper.train.beta1, paper.train.beta2) == (2e-4, 2e-4, 0.5, 0.999)
+    assert (paper.model.d_norm, paper.train.discriminator_loss, paper.train.generator_loss) == \
+        ("batch", "cross_entropy", "non_saturating")
+    assert (paper.train.augment, paper.train.hflip, paper.train.ema_decay, paper.train.discriminator_steps) == \
+        ("", False, 0.0, 1)
     cfg = load_config()
-    assert (cfg.train.lr_g, cfg.train.lr_d, cfg.train.beta1, cfg.train.beta2) == (2e-4, 2e-4, 0.5, 0.999)
     assert (cfg.model.latent_dim, cfg.model.g_width, cfg.model.d_width, cfg.model.resolution) == (100, 64, 64, 64)
+    keys = ("model.d_norm", "train.discriminator_loss", "train.generator_loss", "train.augment", "train.hflip",
+            "train.lr_g", "train.lr_d", "train.discriminator_steps", "train.ema_decay")
+    recipe = {k: cfg.flat()[k] for k in keys}
+    assert {k for k in keys if recipe[k] != paper.flat()[k]} >= {"model.d_norm", "train.discriminator_loss",
+                                                                 "train.generator_loss", "train.augment"}
+    # Every preset that does not say otherwise trains the default recipe.
+    for preset in ("demo", "lsun-bedroom-64"):
+        assert {k: load_config(preset).flat()[k] for k in recipe} == recipe, preset
 
 
 @pytest.mark.parametrize(

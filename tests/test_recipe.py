@@ -184,17 +184,6 @@ def test_the_step_refuses_unknown_recipe_options():
 # ----------------------------------------------------------------------------- config
 
 
-def test_the_defaults_and_the_paper_preset_are_the_papers_recipe():
-    for cfg in (load_config(), load_config("paper")):
-        assert (cfg.model.d_norm, cfg.train.discriminator_loss, cfg.train.generator_loss) == (
-            "batch", "cross_entropy", "non_saturating")
-        assert (cfg.train.augment, cfg.train.hflip, cfg.train.ema_decay, cfg.train.discriminator_steps) == ("", False, 0, 1)
-        assert (cfg.train.lr_g, cfg.train.lr_d, cfg.train.beta1, cfg.train.beta2) == (2e-4, 2e-4, 0.5, 0.999)
-    paper = load_config("paper")
-    assert (paper.model.resolution, paper.model.g_width, paper.train.batch_size, paper.scaling.num_workers) == (
-        64, 128, 128, 1)
-
-
 def test_the_new_keys_validate():
     cfg = load_config("smoke", ["model.d_norm=spectral", "train.discriminator_loss=hinge", "train.generator_loss=hinge",
                                 "train.augment=color, translation,cutout", "train.hflip=true"])
