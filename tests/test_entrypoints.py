@@ -87,7 +87,7 @@ def test_bad_input_fails_before_any_work(outcomes, index):
 
 
 def test_the_issue_example_fails_with_one_line(outcomes):
-    """`python -m pipelines.steps.run --config configs/demo.yaml data.source=/nonexistent/lsun`: one line."""
+    """`python -m pipelines.steps.run --config demo data.source=/nonexistent/lsun`: one line."""
     _, _, proc, _, _ = outcomes[0]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith("dcgan run: ") and "/nonexistent/lsun" in lines[0], proc.stderr

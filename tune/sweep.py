@@ -1,8 +1,8 @@
 """Ray Tune sweeps over learning rates and k, stopped early on FID, the winner registered.
 
-    python -m tune.sweep --config configs/sweep-demo.yaml [key=value ...]
+    python -m tune.sweep --config sweep-demo [key=value ...]
     python -m tune.sweep --resume runs/sweeps/<sweep run>       # continue an interrupted sweep
-    ray job submit --working-dir . -- python -m tune.sweep --config configs/sweep-demo.yaml
+    ray job submit --working-dir . -- python -m tune.sweep --config sweep-demo
 
 Each trial (:mod:`tune.trials`) is a multi-worker TorchTrainer run; ASHA
 (:mod:`tune.schedulers`) stops bad trials early on the FID they report.

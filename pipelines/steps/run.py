@@ -1,7 +1,7 @@
 """The whole pipeline as one job: ingest -> train -> evaluate + audit -> register.
 
-    python -m pipelines.steps.run --config configs/demo.yaml [key=value ...]
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m pipelines.steps.run --config configs/smoke.yaml
+    python -m pipelines.steps.run --config demo [key=value ...]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m pipelines.steps.run --config smoke
 
 One MLflow run per pipeline run, with a nested run per step (ingest, train, evaluate).
 Tracking and storage are checked before any expensive work; a missing service stops

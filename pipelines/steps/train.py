@@ -1,7 +1,7 @@
 """`dcgan train`: distributed DCGAN training on Ray Train, in its own MLflow run.
 
-    python -m pipelines.steps.train --config configs/demo.yaml [key=value ...]
-    ray job submit --working-dir . -- python -m pipelines.steps.train --config configs/demo.yaml
+    python -m pipelines.steps.train --config demo [key=value ...]
+    ray job submit --working-dir . -- python -m pipelines.steps.train --config demo
 
 Without ``RAY_ADDRESS`` Ray starts in-process; ``ray job submit`` sets it for the job.
 The driver's sequence is :mod:`pipelines.driver.session`, the worker loop
