@@ -24,7 +24,6 @@ from pipelines.cluster.storage import is_s3
 from pipelines.cluster.storage import join as join_uri
 
 PRESETS = "presets"  # package data of ``pipelines``: found through importlib.resources, installed or not
-DEFAULT_PRESET = "demo"  # what every command that reads a config starts from without --config
 
 
 class ConfigError(PipelineError, ValueError):
@@ -141,7 +140,7 @@ class TrainConfig(_Section):
         "that would train something else is refused. Unset: every launch is a new run with a unique name")
     resume_from: str | None = Field(None, description="a checkpoint folder (local or s3://) to continue from")
     storage_timeout_s: float = Field(
-        60, gt=0, description="how long a checkpoint waits for its storage to answer (retrying with backoff) "
+        60.0, gt=0, description="how long a checkpoint waits for its storage to answer (retrying with backoff) "
         "before the run fails")
     fail_at_iteration: int | None = Field(
         None, ge=1, description="fault injection for tests: the last rank exits at this iteration on its first attempt"
@@ -206,7 +205,7 @@ class TrackingConfig(_Section):
     )
     register_model: bool = Field(True, description="register the generator in the MLflow Model Registry")
     outage_timeout_s: float = Field(
-        600, gt=0, description="training goes on while the tracking server is away (metrics buffered); past this "
+        600.0, gt=0, description="training goes on while the tracking server is away (metrics buffered); past this "
         "many seconds the run stops after a final checkpoint")
 
 

@@ -462,14 +462,14 @@ def test_registered_model_sits_in_s3_and_generates_images(cluster, job, tmp_path
     assert max(sizes.values()) > 10_000, f"no weights among the model's files: {sizes}"
 
     documented = {m.group(1) for doc in DOCS if doc.exists()
-                  for m in re.finditer(r"dcgan generate --model models:/([\w.-]+)@champion", doc.read_text())}
+                  for m in re.finditer(r"dcgan generate --network models:/([\w.-]+)@champion", doc.read_text())}
     assert name in documented, f"the docs' `dcgan generate` lines name {documented}, the smoke run registers {name}"
 
     # A user without S3 keys: the model comes through the tracking server.
     env = {k: v for k, v in cluster.env.items() if not k.startswith("AWS_")}
     out = tmp_path / "samples"
-    done = subprocess.run([sys.executable, "-m", "pipelines.steps.cli", "generate", "--model", f"models:/{name}@champion",
-                           "-n", "6", "--seed", "7", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "pipelines.steps.cli", "generate", "--network", f"models:/{name}@champion",
+                           "-n", "6", "--seed", "7", "--outdir", str(out)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     pngs = sorted(out.glob("*.png"))

@@ -29,24 +29,24 @@ CASES = [
     # a missing path
     *[(f"{step}-missing-source", argv + [("pipeline." if step == "sweep" else "") + "data.source=/nonexistent/lsun"],
        "/nonexistent/lsun") for step, argv in STEPS.items()],
-    ("evaluate-missing-checkpoint", ["-m", "pipelines.steps.evaluate", "--run", "/nonexistent/checkpoint"],
+    ("evaluate-missing-checkpoint", ["-m", "pipelines.steps.evaluate", "--network", "/nonexistent/checkpoint"],
      "/nonexistent/checkpoint"),
-    ("generate-missing-model", ["-m", "pipelines.steps.generate", "--model", "/nonexistent/ckpt", "--out", "x.png"],
+    ("generate-missing-model", ["-m", "pipelines.steps.generate", "--network", "/nonexistent/ckpt", "--out", "x.png"],
      "/nonexistent/ckpt"),
     ("fid-missing-folder", ["-m", "pipelines.steps.fid", "/nonexistent/a", "/nonexistent/b"], "/nonexistent/a"),
-    ("latent-missing-model", ["-m", "pipelines.steps.latent", "sheet", "--model", "/nonexistent/ckpt"],
+    ("latent-missing-model", ["-m", "pipelines.steps.latent", "sheet", "--network", "/nonexistent/ckpt"],
      "/nonexistent/ckpt"),
     # a wrong key
     *[(f"{step}-wrong-key", argv + [("pipeline." if step == "sweep" else "") + "train.lr_gee=1e-4"], "train.lr_gee")
       for step, argv in STEPS.items()],
-    ("evaluate-wrong-key", ["-m", "pipelines.steps.evaluate", "--run", "/nonexistent/checkpoint", "eval.fid_sample=5"],
+    ("evaluate-wrong-key", ["-m", "pipelines.steps.evaluate", "--network", "/nonexistent/checkpoint", "eval.fid_sample=5"],
      "eval.fid_sample"),
     # an unreachable s3:// prefix
     *[(f"{step}-unreachable-s3", argv + [("pipeline." if step == "sweep" else "") + "data.source=s3://bucket/lsun"],
        "s3://bucket/lsun") for step, argv in STEPS.items()],
-    ("evaluate-unreachable-s3", ["-m", "pipelines.steps.evaluate", "--run", "s3://bucket/checkpoint"],
+    ("evaluate-unreachable-s3", ["-m", "pipelines.steps.evaluate", "--network", "s3://bucket/checkpoint"],
      "s3://bucket/checkpoint"),
-    ("generate-unreachable-s3", ["-m", "pipelines.steps.generate", "--model", "s3://bucket/ckpt", "--out", "x.png"],
+    ("generate-unreachable-s3", ["-m", "pipelines.steps.generate", "--network", "s3://bucket/ckpt", "--out", "x.png"],
      "s3://bucket/ckpt"),
 ]
 

@@ -20,13 +20,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipelines.cluster import storage
-from pipelines.records import tracking
-from pipelines.config import ConfigError, PipelineConfig
-from pipelines.steps.entrypoint import config_parser, run_command
-from tune.sweep_config import SweepConfig, load_sweep
+from pipelines.steps.entrypoint import Command, add_config_arguments, overrides_of
+
+if TYPE_CHECKING:  # imported where used: `dcgan sweep --help` loads neither pyarrow nor pydantic
+    from pipelines.config import PipelineConfig
+    from tune.sweep_config import SweepConfig
 
 PROG = "dcgan sweep"
 STATE_FILE = "sweep.json"
@@ -50,6 +50,8 @@ class Sweep:
 
     @property
     def experiment_id(self) -> str:
+        from pipelines.records import tracking
+
         return tracking.configure(self.tracking_uri, self.base.tracking.experiment, check=False)
 
     @property
@@ -71,6 +73,8 @@ def run_sweep(sweep_config: SweepConfig | None, resume: str | None = None) -> di
 def sweep_in_session(sweep: Sweep, session, t0: float) -> dict[str, Any]:
     import mlflow
 
+    from pipelines.cluster import storage
+    from pipelines.records import tracking
     from pipelines.driver.provenance import git_commit
     from pipelines.records.lineage import log_dataset
     from pipelines.training.trainer import make_evaluator
@@ -107,7 +111,9 @@ def sweep_in_session(sweep: Sweep, session, t0: float) -> dict[str, Any]:
 def open_sweep(sweep_config: SweepConfig | None, resume: str | None) -> Sweep:
     """A new sweep, or the interrupted one in ``resume`` (the driver session checks
     tracking, data and storage before anything starts)."""
+    from pipelines.cluster import storage
     from pipelines.driver.named_runs import unique_run_name
+    from tune.sweep_config import SweepConfig
 
     state = json.loads(storage.read_bytes(storage.join(resume, STATE_FILE))) if resume else {}
     sweep_config = SweepConfig.model_validate(state["sweep"]) if resume else sweep_config
@@ -129,6 +135,8 @@ def record_start(sweep: Sweep) -> None:
     """The sweep's config in its MLflow run, and the state a ``--resume`` reads."""
     import mlflow
 
+    from pipelines.cluster import storage
+
     mlflow.log_params({"sweep." + k: json.dumps(v) for k, v in sweep.config.model_dump().items() if k != "search"})
     mlflow.log_dict(sweep.config.model_dump(), "sweep_config.json")
     storage.write_bytes(storage.join(sweep.directory, STATE_FILE), json.dumps({
@@ -142,6 +150,8 @@ def make_tuner(sweep: Sweep):
     import ray.tune
     from ray.tune.search import BasicVariantGenerator
 
+    from pipelines.cluster import storage
+    from pipelines.config import ConfigError
     from tune.schedulers import ResumableASHA
     from tune.trials import run_trial, search_space
 
@@ -210,6 +220,7 @@ def record_results(sweep: Sweep, results, prep_s: float, sweep_s: float):
 
 def register_best(sweep: Sweep, best, manifest: dict):
     """The best trial's generator, registered; champion only if it beats the current one."""
+    from pipelines.cluster import storage
     from pipelines.records import registry
     from pipelines.training.checkpoints import generator_from_state, load_state
     from pipelines.records.lineage import mlflow_dataset
@@ -229,7 +240,9 @@ def _cpus_needed(sweep: SweepConfig, base: PipelineConfig) -> int:
 
 
 def sweep_command(args) -> int:
-    sweep = None if args.resume else load_sweep(args.config, args.overrides)
+    from tune.sweep_config import load_sweep
+
+    sweep = None if args.resume else load_sweep(args.config, overrides_of(args, prefix="pipeline."))
     if sweep is not None:
         print(f"[sweep] {sweep.num_samples} trials, {sweep.max_concurrent_trials} at a time; "
               f"search: {', '.join(sweep.search)}", flush=True)
@@ -237,10 +250,24 @@ def sweep_command(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = config_parser(PROG, "Ray Tune sweep over learning rates and k.", default_config="sweep-demo")
+def add_arguments(ap) -> None:
+    add_config_arguments(ap, default_config="sweep-demo")
     ap.add_argument("--resume", help="the folder of an interrupted sweep (printed when it started)")
-    return run_command(PROG, lambda: sweep_command(ap.parse_args(argv)))
+
+
+def base_config(args) -> PipelineConfig:
+    """The pipeline config every trial starts from (the sweep's preset and overrides, --tracking-uri)."""
+    from tune.sweep_config import load_sweep
+
+    return load_sweep(args.config, overrides_of(args, prefix="pipeline.")).check()
+
+
+COMMAND = Command(PROG, "Ray Tune sweep over learning rates and k", add_arguments, sweep_command,
+                  description="Ray Tune sweep over learning rates and k.", config=base_config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipelines.config import ConfigError, PipelineConfig, deep_merge, load_raw, nest_dotted, parse_overrides, validate
+from pipelines.config import (ConfigError, PipelineConfig, deep_merge, experiment_from_environment, load_raw, nest_dotted,
+                              parse_overrides, validate)
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid", "randint")
 
@@ -91,7 +92,12 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
 
     p = resolve_preset(path)
     data = yaml.safe_load(p.read_text()) or {}
-    data = deep_merge(data, parse_overrides(overrides or []))
+    explicit = parse_overrides(overrides or [])
+    data = deep_merge(data, explicit)
+    # $MLFLOW_EXPERIMENT_NAME names the sweep's experiment unless pipeline.tracking.experiment= is given.
+    env = experiment_from_environment(explicit.get("pipeline") or {})
+    if env and isinstance(data.get("pipeline", {}), dict):
+        data["pipeline"] = deep_merge(nest_dotted(data.get("pipeline", {})), env)
     try:
         sweep = SweepConfig.model_validate(data)
     except ValidationError as e:
