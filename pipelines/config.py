@@ -1,16 +1,16 @@
 """One typed, validated config for a run (pydantic).
 
-A preset (a name such as ``demo``: ``pipelines/presets/<name>.yaml``, shipped as package
-data) or a YAML path, plus ``key=value`` overrides with dotted keys
-(``train.lr_g=1e-4``) build it. The CLI, the ``python -m pipelines.*`` entry points,
-Ray Train's ``train_loop_config`` and Tune's ``param_space`` all carry this object
-(as a plain dict on the wire: ``cfg.model_dump()``). Unknown keys and impossible
-values are rejected before any work starts, naming the key and what is allowed.
+A preset (``demo``: ``pipelines/presets/demo.yaml``, package data) or a YAML path, plus
+``key=value`` overrides with dotted keys (``train.lr_g=1e-4``) build it. The CLI, the
+``python -m pipelines.*`` entry points, Ray Train's ``train_loop_config`` and Tune's
+``param_space`` all carry this object (as a plain dict on the wire: ``cfg.model_dump()``).
+Unknown keys and impossible values are rejected before any work starts, naming the key.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +28,22 @@ PRESETS = "presets"  # package data of ``pipelines``: found through importlib.re
 
 class ConfigError(PipelineError, ValueError):
     """A config value or key that cannot be used; the message names the key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, reading as numbers the floats YAML 1.2, JSON and Python read as
+    numbers: YAML 1.1 (PyYAML) wants a dot and a signed exponent, so 1e-4, 5e-05, 1E-4
+    and 1.0e4 were strings there."""
+
+
+_Loader.add_implicit_resolver(  # copies SafeLoader's resolvers first: SafeLoader is unchanged
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """YAML (a preset, a sweep, an override's value) with numbers read as people type them."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
 
 
 def absolute_location(value):
@@ -133,11 +149,8 @@ class TrainConfig(_Section):
     sample_every: int = Field(0, ge=0, description="iterations between sample grids (0: once per epoch)")
     checkpoint_every: int = Field(200, ge=1, description="iterations between checkpoints (and one at the end)")
     keep_checkpoints: int = Field(3, ge=1)
-    run_name: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="a name for this training run: launched again under the same name (the job resubmitted after its "
-        "driver or head node was lost), it continues from its newest checkpoint in the same MLflow run; a config "
-        "that would train something else is refused. Unset: every launch is a new run with a unique name")
+    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="launched again under this "
+        "name, a run continues from its newest checkpoint in its MLflow runs (unset: a new run, a unique name)")
     resume_from: str | None = Field(None, description="a checkpoint folder (local or s3://) to continue from")
     storage_timeout_s: float = Field(
         60.0, gt=0, description="how long a checkpoint waits for its storage to answer (retrying with backoff) "
@@ -249,9 +262,8 @@ class PipelineConfig(_Section):
         return join_uri(self.storage, "checkpoints")
 
     def tracking_uri(self) -> str:
-        """``tracking.uri``; unset, $MLFLOW_TRACKING_URI or the SQLite file under ``storage``,
-        resolved once (:func:`load_config` does it where the config is loaded, on the driver)
-        and kept out of the config's values, so a checkpoint's config names no machine's default."""
+        """``tracking.uri``; unset, $MLFLOW_TRACKING_URI or SQLite under ``storage``, resolved once (by
+        :func:`load_config`, on the driver) and kept out of the values, as no machine's default belongs in them."""
         if self.tracking.uri:
             return self.tracking.uri
         if self._default_tracking_uri is None:
@@ -310,7 +322,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
-        flat[key] = yaml.safe_load(raw) if raw.strip() else None
+        flat[key] = load_yaml(raw) if raw.strip() else None
     return nest_dotted(flat)
 
 
@@ -344,12 +356,20 @@ def resolve_preset(path_or_name: str | os.PathLike):
                       f"{', '.join(names)}")
 
 
+def preset_reference(path_or_name: str | os.PathLike) -> str:
+    """How another process names the same preset: a YAML file by its absolute path, a preset by its name."""
+    path = Path(path_or_name)
+    if not path.is_file():
+        resolve_preset(path_or_name)  # a preset's name, or ConfigError naming the presets
+    return str(path.absolute()) if path.is_file() else str(path_or_name)
+
+
 def load_raw(path: str | os.PathLike | None) -> dict[str, Any]:
     if path is None:
         return {}
     p = resolve_preset(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -365,8 +385,7 @@ def validate(data: dict[str, Any]) -> PipelineConfig:
 
 
 def experiment_from_environment(overrides: dict[str, Any]) -> dict[str, Any]:
-    """``MLFLOW_EXPERIMENT_NAME``, as MLflow's own tools honour it, as an override of
-    ``tracking.experiment``; precedence: an explicit override > the environment > the preset."""
+    """$MLFLOW_EXPERIMENT_NAME as ``tracking.experiment``: an explicit override > the environment > a preset."""
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
     explicit = isinstance(overrides.get("tracking"), dict) and "experiment" in overrides["tracking"]
     return {"tracking": {"experiment": name}} if name and not explicit else {}

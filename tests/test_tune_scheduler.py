@@ -42,9 +42,10 @@ def test_rays_asha_forgets_its_rungs_on_restore():
 def test_resumable_asha_stops_a_late_trial_worse_than_those_before_the_interruption(tmp_path):
     state = tmp_path / "asha.json"
     assert _interrupted_then_restored(ResumableASHA(str(state), **ASHA)) == TrialScheduler.STOP
-    saved = json.loads(state.read_text())
-    assert saved["milestones"] == [[40, 20]]
-    assert saved["recorded"][0][1] == {"a": -415.0, "b": -452.0, "c": -461.0}  # mode min: Tune stores -fid
+    saved = json.loads(state.read_text())  # Ray's own save, and what it was given, in order
+    assert [(r["trial_id"], r["time"], r["value"], r["decision"]) for r in saved["results"]] == [
+        ("a", 20, 415.0, "CONTINUE"), ("b", 20, 452.0, "STOP"), ("c", 20, 461.0, "STOP")]
+    assert saved["settings"] == ASHA and saved["scheduler"]
 
 
 def test_a_better_late_trial_continues_and_rungs_must_match(tmp_path):

@@ -1,6 +1,6 @@
 """Ray Tune sweeps over learning rates and k, stopped early on FID, the winner registered.
 
-    python -m tune.sweep --config sweep-demo [key=value ...]
+    python -m tune.sweep --config sweep-demo [num_samples=8 pipeline.train.iterations=200 ...]
     python -m tune.sweep --resume runs/sweeps/<sweep run>       # continue an interrupted sweep
     ray job submit --working-dir . -- python -m tune.sweep --config sweep-demo
 
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.errors import PipelineError
 from pipelines.steps.entrypoint import Command, add_config_arguments, overrides_of
 
 if TYPE_CHECKING:  # imported where used: `dcgan sweep --help` loads neither pyarrow nor pydantic
@@ -31,8 +32,15 @@ if TYPE_CHECKING:  # imported where used: `dcgan sweep --help` loads neither pya
 PROG = "dcgan sweep"
 STATE_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"  # the finished sweep: best trial, registered version, time split
-ASHA_STATE_FILE = "asha.json"  # ASHA's rungs, for a restored sweep (tune/schedulers.py)
+ASHA_STATE_FILE = "asha.json"  # ASHA's own save and the results it was given, for a restored sweep (tune/schedulers.py)
 TRIAL_DRIVER_CPU = 0.1
+# Overrides are keys of the sweep YAML; the pipeline's own keys are under pipeline.
+OVERRIDES_HELP = ("key=value overrides of the sweep YAML with dotted keys (the pipeline's under pipeline.), "
+                  "e.g. num_samples=8 pipeline.train.iterations=200")
+
+
+class SweepFailed(PipelineError):
+    """No trial left a result to rank; the message is the first trial's error, in one line."""
 
 
 @dataclass
@@ -112,17 +120,43 @@ def open_sweep(sweep_config: SweepConfig | None, resume: str | None) -> Sweep:
     """A new sweep, or the interrupted one in ``resume`` (the driver session checks
     tracking, data and storage before anything starts)."""
     from pipelines.cluster import storage
+    from pipelines.config import absolute_location
     from pipelines.driver.named_runs import unique_run_name
-    from tune.sweep_config import SweepConfig
+    from tune.sweep_config import SweepConfig, absolute_tracking_uri
 
+    resume = absolute_location(resume) or named_sweep(sweep_config)  # runs/sweeps/<name>: where the command was given
     state = json.loads(storage.read_bytes(storage.join(resume, STATE_FILE))) if resume else {}
     sweep_config = SweepConfig.model_validate(state["sweep"]) if resume else sweep_config
+    # Local paths mean the folder the sweep started in, wherever Tune runs a trial.
+    sweep_config = sweep_config.pinned()
     base = sweep_config.check()
-    uri = base.tracking_uri()
+    uri = absolute_tracking_uri(base.tracking_uri())
     if resume:
         return Sweep(sweep_config, base, uri, resume, state["sweep_run_name"], state["parent_run_id"], resumed=True)
-    run_name = unique_run_name(sweep_config)
+    run_name = sweep_config.run_name or unique_run_name(sweep_config)
     return Sweep(sweep_config, base, uri, storage.join(base.storage, "sweeps", run_name), run_name)
+
+
+def named_sweep(sweep_config: SweepConfig | None) -> str | None:
+    """The folder of the sweep this one continues: one of the same ``run_name`` that started
+    before, whose config must be this one's."""
+    from pipelines.cluster import storage
+    from pipelines.config import ConfigError
+    from tune.sweep_config import SweepConfig
+
+    if sweep_config is None or not sweep_config.run_name:
+        return None
+    folder = storage.join(sweep_config.pinned().check().storage, "sweeps", sweep_config.run_name)
+    if not storage.exists(storage.join(folder, STATE_FILE)):
+        return None
+    stored = SweepConfig.model_validate(json.loads(storage.read_bytes(storage.join(folder, STATE_FILE)))["sweep"])
+    before, now = stored.pinned().model_dump(), sweep_config.pinned().model_dump()
+    differing = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if differing:
+        raise ConfigError(f"run_name={sweep_config.run_name} is a sweep with other {', '.join(differing)}: resume "
+                          "it with its config, or choose another run_name")
+    print(f"[sweep] resuming sweep '{sweep_config.run_name}' from {folder}", flush=True)
+    return folder
 
 
 def ray_config(config: SweepConfig, base: PipelineConfig) -> PipelineConfig:
@@ -160,7 +194,8 @@ def make_tuner(sweep: Sweep):
     # resources itself): a sliver of a CPU, so trials queue on the workers' resources.
     trainable = ray.tune.with_resources(run_trial, {"CPU": TRIAL_DRIVER_CPU})
     fs, path = storage.filesystem(sweep.directory)
-    if sweep.resumed and ray.tune.Tuner.can_restore(storage.join(sweep.directory, "tune"), storage_filesystem=fs):
+    # Inside its filesystem, without the s3:// scheme: pyarrow refuses a URI with a filesystem.
+    if sweep.resumed and ray.tune.Tuner.can_restore(f"{path}/tune", storage_filesystem=fs):
         return ray.tune.Tuner.restore(f"{path}/tune", trainable=trainable, resume_unfinished=True,
                                       resume_errored=True, storage_filesystem=fs)
     scheduler = None
@@ -200,6 +235,7 @@ def record_results(sweep: Sweep, results, prep_s: float, sweep_s: float):
 
     iterations = sweep.base.train.iterations
     end_trial_runs(results, sweep.tracking_uri, sweep.experiment_id, sweep.parent_run_id, iterations)
+    check_trials(results, sweep.metric)
     df = trial_table(results, sweep.metric, list(sweep.config.search))
     # From each trial's last result (the table holds each trial's best one).
     stopped_early = sum(1 for r in results if r.metrics and r.metrics.get("iteration", iterations) < iterations)
@@ -212,10 +248,24 @@ def record_results(sweep: Sweep, results, prep_s: float, sweep_s: float):
         df.to_csv(Path(tmp, "trials.csv"), index=False)
         mlflow.log_artifact(str(Path(tmp, "trials.csv")))
         mlflow.log_artifact(str(plot_trials(df, sweep.metric, Path(tmp, "fid_vs_learning_rates.png"))))
-    errors = [r.error for r in results if r.error]
-    if len(errors) == len(df) or df.empty:
-        raise RuntimeError(f"every trial failed; first error: {errors[0] if errors else 'no result'}")
+        log_rungs(results, sweep, Path(tmp))
     return df, stopped_early, timing
+
+
+def log_rungs(results, sweep: Sweep, folder: Path) -> None:
+    """Every trial's metric at every rung (what ASHA decided from): CSV, Markdown and a figure."""
+    import mlflow
+
+    from tune import rungs
+
+    table = rungs.from_results(results, sweep.metric, list(sweep.config.search))
+    if table.empty:
+        return
+    table.to_csv(folder / "rungs.csv", index=False)
+    (folder / "rungs.md").write_text(rungs.markdown(table) + "\n")
+    for name in ("rungs.csv", "rungs.md"):
+        mlflow.log_artifact(str(folder / name))
+    mlflow.log_artifact(str(rungs.plot(table, sweep.metric, folder / "fid_at_every_rung.png")))
 
 
 def register_best(sweep: Sweep, best, manifest: dict):
@@ -234,6 +284,35 @@ def register_best(sweep: Sweep, best, manifest: dict):
                                          step=int(best.get("iteration", 0)))
 
 
+def check_trials(results, metric: str) -> None:
+    """A sweep with no trial to rank ends here, with one line saying why (exit status 2)."""
+    errors = [r.error for r in results if r.error]
+    ranked = [r for r in results if r.metrics and metric in r.metrics]
+    if errors and (len(errors) == len(results) or not ranked):
+        raise SweepFailed(f"every trial failed ({len(errors)} of {len(results)}); the first: {error_line(errors[0])}")
+    if not ranked:
+        raise SweepFailed(f"no trial reported {metric} ({len(results)} trials, none failed)")
+
+
+def error_line(error: BaseException) -> str:
+    """The error a trial raised, in one line: Ray's and Ray Train's wrappers (each with a
+    traceback in its text) peeled off down to the project's or library's own error."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        failures = getattr(error, "worker_failures", None)  # ray.train.WorkerGroupError
+        inner = (getattr(error, "cause", None) or getattr(error, "controller_failure", None)
+                 or (next(iter(failures.values())) if failures else None))
+        if not isinstance(inner, BaseException):
+            break
+        error = inner
+    text = str(error).strip()
+    if "Traceback (most recent call last)" in text or '\n  File "' in text:
+        text = text.splitlines()[-1]  # a traceback ends with "Type: message"
+    line, name = " ".join(text.split()), type(error).__name__
+    return line if line.split(":", 1)[0].split(".")[-1] == name else f"{name}: {line}"
+
+
 def _cpus_needed(sweep: SweepConfig, base: PipelineConfig) -> int:
     per_trial = base.scaling.num_workers * base.scaling.cpus_per_worker + 1 + TRIAL_DRIVER_CPU  # + Ray Data's reads
     return int(sweep.max_concurrent_trials * per_trial + 0.999)
@@ -244,14 +323,14 @@ def sweep_command(args) -> int:
 
     sweep = None if args.resume else load_sweep(args.config, overrides_of(args, prefix="pipeline."))
     if sweep is not None:
-        print(f"[sweep] {sweep.num_samples} trials, {sweep.max_concurrent_trials} at a time; "
+        print(f"[sweep] {sweep.trial_count()} trials, {sweep.max_concurrent_trials} at a time; "
               f"search: {', '.join(sweep.search)}", flush=True)
     print(json.dumps(run_sweep(sweep, resume=args.resume), indent=2, default=str))
     return 0
 
 
 def add_arguments(ap) -> None:
-    add_config_arguments(ap, default_config="sweep-demo")
+    add_config_arguments(ap, default_config="sweep-demo", overrides_help=OVERRIDES_HELP)
     ap.add_argument("--resume", help="the folder of an interrupted sweep (printed when it started)")
 
 

@@ -31,7 +31,8 @@ def search_space(sweep: SweepConfig) -> dict[str, Any]:
             "loguniform": lambda a: ray.tune.loguniform(*a),
             "uniform": lambda a: ray.tune.uniform(*a),
             "randint": lambda a: ray.tune.randint(a[0], a[1] + 1),
-            "choice": ray.tune.choice,
+            # searcher: grid runs every combination of the listed values (ranges are refused)
+            "choice": ray.tune.grid_search if sweep.searcher == "grid" else ray.tune.choice,
             "grid": ray.tune.grid_search,
         }[kind](args)
     return space

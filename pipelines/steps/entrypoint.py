@@ -71,21 +71,22 @@ class Command:
 
 
 def add_config_arguments(ap: argparse.ArgumentParser, default_config: str | None = DEFAULT_PRESET,
-                         tracking: bool = True, config_help: str | None = None) -> None:
+                         tracking: bool = True, config_help: str | None = None,
+                         overrides_help: str = OVERRIDES_HELP) -> None:
     """``--config`` (a preset name or a YAML path), ``--tracking-uri`` for a command that talks
     to MLflow, and the ``key=value`` overrides."""
     ap.add_argument("--config", default=default_config, metavar="PRESET_OR_YAML",
                     help=config_help or f"a preset name (`dcgan config presets`) or a YAML path (default: {default_config})")
     if tracking:
         ap.add_argument("--tracking-uri", help=TRACKING_URI_HELP + " (tracking.uri)")
-    ap.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
 
 
 def config_parser(prog: str, description: str, default_config: str | None = DEFAULT_PRESET,
-                  tracking: bool = True) -> argparse.ArgumentParser:
+                  overrides_help: str = OVERRIDES_HELP, tracking: bool = True) -> argparse.ArgumentParser:
     """A standalone parser with the config arguments (for entry points outside ``dcgan``'s steps)."""
     ap = argparse.ArgumentParser(prog=prog, description=description)
-    add_config_arguments(ap, default_config, tracking)
+    add_config_arguments(ap, default_config, tracking, overrides_help=overrides_help)
     return ap
 
 
