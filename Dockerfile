@@ -20,10 +20,10 @@ COPY --chown=ray:users constraints.txt pyproject.toml README.md ./
 COPY --chown=ray:users gan ./gan
 COPY --chown=ray:users pipelines ./pipelines
 COPY --chown=ray:users tune ./tune
-COPY --chown=ray:users configs ./configs
-# Editable, so the presets in configs/ resolve beside the code; 'server' adds MLflow's
-# auth app and the PostgreSQL driver for the tracking server.
-RUN python -m pip install --no-cache-dir -c constraints.txt -e '.[server]'
+# A normal install (the presets are package data, pipelines/presets); the source stays here
+# too, as the RayJob's working_dir. 'server' adds MLflow's auth app and the PostgreSQL
+# driver for the tracking server.
+RUN python -m pip install --no-cache-dir -c constraints.txt '.[server]'
 
 ENV DCGAN_GIT_COMMIT=${DCGAN_GIT_COMMIT}
 LABEL org.opencontainers.image.title="dcgan-ray" \

@@ -29,8 +29,8 @@ print(json.dumps({"rc": done.returncode, "peak_rss_mib": peak_kib / 1024, "secon
 
 
 def measure(checkpoint: str, count: int, batch: int, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "pipelines.steps.generate", "--model", checkpoint, "-n", str(count),
-           "--batch", str(batch), "--device", "cpu", "--out", str(out)]
+    cmd = [sys.executable, "-m", "pipelines.steps.generate", "--network", checkpoint, "-n", str(count),
+           "--batch", str(batch), "--device", "cpu", "--outdir", str(out)]
     done = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result |= {"images": count, "batch": batch, "files": len(list(out.glob("*.png")))}

@@ -1,7 +1,7 @@
 """Quality on real bedrooms: the project's default recipe vs the DCGAN paper's, at equal iterations, over seeds.
 
 The recipes come from the project's config: ``default`` is the embedded defaults'
-(``pipelines.config.PipelineConfig()``), ``paper`` configs/paper.yaml's (``--recipes`` takes
+(``pipelines.config.PipelineConfig()``), ``paper`` the paper preset's (``--recipes`` takes
 others: ``name=preset-or-yaml``); a recipe is the keys in RECIPE_KEYS. Resolution, widths,
 batch size and iterations are this benchmark's, the same for every recipe. Each recipe trains
 once per seed (``--seeds``: initial weights, every iteration's noise and augmentation, data
@@ -80,7 +80,7 @@ def log(msg: str) -> None:
 
 def load_recipes(spec: str) -> dict[str, dict]:
     """``default,paper`` or ``name=preset-or-yaml,...``: ``default`` is the embedded defaults,
-    any other name a preset (configs/<name>.yaml) or a YAML path."""
+    any other name a preset (pipelines/presets/<name>.yaml) or a YAML path."""
     recipes = {}
     for item in (s.strip() for s in spec.split(",") if s.strip()):
         name, _, source = item.partition("=")

@@ -29,12 +29,27 @@ Box = Sequence[float]  # x0, y0, x1, y1 in pixels of the generated image
 
 
 # --------------------------------------------------------------------------- z
-def seeded_z(seeds: Sequence[int], latent_dim: int) -> torch.Tensor:
+def seeded_z(seeds: Sequence[int], latent_dim: int, truncation: float | None = None) -> torch.Tensor:
     """One z ~ N(0, I) per seed, (len(seeds), latent_dim); seed s always gives the same z,
-    whichever other seeds are asked for (so "sample 12 of a sheet" is a stable name)."""
+    whichever other seeds are asked for (so "sample 12 of a sheet" is a stable name): each
+    seed draws from its own generator, seeded with it.
+
+    ``truncation`` T (> 0) draws from the normal truncated to [-T, T], as BigGAN's truncation
+    trick does (Brock et al. 2018): every component with |z_i| > T is redrawn, from the
+    seed's generator, until it lies inside. Components already inside are kept, so a
+    truncated z differs from the seed's plain one only where the plain one was outside."""
     if len(seeds) == 0:
         raise ValueError("give at least one seed")
-    return torch.stack([torch.randn(latent_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    if truncation is not None and not truncation > 0:
+        raise ValueError(f"truncation must be > 0 (the largest |z_i| kept), got {truncation}")
+    out = []
+    for s in seeds:
+        rng = torch.Generator().manual_seed(int(s))
+        z = torch.randn(latent_dim, generator=rng)
+        while truncation is not None and bool((outside := z.abs() > truncation).any()):
+            z[outside] = torch.randn(int(outside.sum()), generator=rng)
+        out.append(z)
+    return torch.stack(out)
 
 
 # ----------------------------------------------------------------------- walks

@@ -1,25 +1,28 @@
 """One typed, validated config for a run (pydantic).
 
-A preset YAML plus dotted ``key=value`` overrides (``train.lr_g=1e-4``) build it; the CLI, the
-entry points, Ray Train's ``train_loop_config`` and Tune's ``param_space`` carry it (a dict on the
-wire: ``cfg.model_dump()``). Unknown keys and impossible values are refused before any work.
+A preset (``demo``: ``pipelines/presets/demo.yaml``, package data) or a YAML path, plus dotted
+``key=value`` overrides (``train.lr_g=1e-4``) build it; the CLI, the entry points, Ray Train's
+``train_loop_config`` and Tune's ``param_space`` carry it (``cfg.model_dump()`` on the wire).
+Unknown keys and impossible values are refused before any work starts, naming the key.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from pipelines.config_keys import format_validation_error
 from pipelines.errors import PipelineError
 from pipelines.cluster.storage import is_s3
 from pipelines.cluster.storage import join as join_uri
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESETS = "presets"  # package data of ``pipelines``: found through importlib.resources, installed or not
 
 
 class ConfigError(PipelineError, ValueError):
@@ -150,7 +153,7 @@ class TrainConfig(_Section):
         "name, a run continues from its newest checkpoint in its MLflow runs (unset: a new run, a unique name)")
     resume_from: str | None = Field(None, description="a checkpoint folder (local or s3://) to continue from")
     storage_timeout_s: float = Field(
-        60, gt=0, description="how long a checkpoint waits for its storage to answer (retrying with backoff) "
+        60.0, gt=0, description="how long a checkpoint waits for its storage to answer (retrying with backoff) "
         "before the run fails")
     fail_at_iteration: int | None = Field(
         None, ge=1, description="fault injection for tests: the last rank exits at this iteration on its first attempt"
@@ -215,7 +218,7 @@ class TrackingConfig(_Section):
     )
     register_model: bool = Field(True, description="register the generator in the MLflow Model Registry")
     outage_timeout_s: float = Field(
-        600, gt=0, description="training goes on while the tracking server is away (metrics buffered); past this "
+        600.0, gt=0, description="training goes on while the tracking server is away (metrics buffered); past this "
         "many seconds the run stops after a final checkpoint")
 
 
@@ -292,32 +295,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _section_model(path: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = PipelineConfig
-    for part in path:
-        field = model.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return None
-        model = field.annotation
-    return model
-
-
-def _format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
-        key = ".".join(loc) or "<config>"
-        if e["type"] == "extra_forbidden":
-            section = _section_model(loc[:-1])
-            allowed = ", ".join(section.model_fields) if section else "?"
-            where = ".".join(loc[:-1]) or "the top level"
-            lines.append(f"unknown key '{key}' (allowed in {where}: {allowed})")
-        else:
-            got = e.get("input")
-            lines.append(f"{key}: {e['msg']} (got {got!r})")
-    return "invalid config:\n  " + "\n  ".join(lines)
-
-
 def nest_dotted(flat: dict[str, Any]) -> dict[str, Any]:
     """{'train.lr_g': 1e-4} -> {'train': {'lr_g': 1e-4}}; nested values pass through."""
     nested: dict[str, Any] = {}
@@ -359,16 +336,32 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resolve_preset(path_or_name: str | os.PathLike) -> Path:
-    """A YAML path, or a preset name from configs/ ('demo' -> configs/demo.yaml)."""
+def preset_names() -> list[str]:
+    return sorted(f.name[:-len(".yaml")] for f in resources.files("pipelines").joinpath(PRESETS).iterdir()
+                  if f.name.endswith(".yaml"))
+
+
+def resolve_preset(path_or_name: str | os.PathLike):
+    """A YAML path, or a preset name ('demo' -> the package's presets/demo.yaml); either has
+    ``read_text()`` (a preset is an ``importlib.resources`` file, wherever it is installed)."""
     p = Path(path_or_name)
     if p.is_file():
         return p
-    candidate = CONFIG_DIR / f"{path_or_name}.yaml"
+    candidate = resources.files("pipelines").joinpath(PRESETS, f"{path_or_name}.yaml")
     if candidate.is_file():
         return candidate
-    presets = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config '{path_or_name}' not found: give a YAML path or one of the presets: {presets}")
+    names = preset_names()
+    hint = f" (the presets ship inside the package now: --config {p.stem})" if p.stem in names else ""
+    raise ConfigError(f"config '{path_or_name}' not found{hint}: give a YAML path or one of the presets: "
+                      f"{', '.join(names)}")
+
+
+def preset_reference(path_or_name: str | os.PathLike) -> str:
+    """How another process names the same preset: a YAML file by its absolute path, a preset by its name."""
+    path = Path(path_or_name)
+    if not path.is_file():
+        resolve_preset(path_or_name)  # a preset's name, or ConfigError naming the presets
+    return str(path.absolute()) if path.is_file() else str(path_or_name)
 
 
 def load_raw(path: str | os.PathLike | None) -> dict[str, Any]:
@@ -388,12 +381,20 @@ def validate(data: dict[str, Any]) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e)) from None
+        raise ConfigError(format_validation_error(e, PipelineConfig)) from None
+
+
+def experiment_from_environment(overrides: dict[str, Any]) -> dict[str, Any]:
+    """$MLFLOW_EXPERIMENT_NAME as ``tracking.experiment``: an explicit override > the environment > a preset."""
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    explicit = isinstance(overrides.get("tracking"), dict) and "experiment" in overrides["tracking"]
+    return {"tracking": {"experiment": name}} if name and not explicit else {}
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """Preset YAML (or none: the embedded defaults) + dotted overrides -> a validated config,
-    its tracking URI resolved here, once (workers and trials get the driver's)."""
-    cfg = validate(deep_merge(load_raw(path), parse_overrides(overrides or [])))
+    its tracking URI and experiment resolved here, once (workers and trials get the driver's)."""
+    extra = parse_overrides(overrides or [])
+    cfg = validate(deep_merge(deep_merge(load_raw(path), experiment_from_environment(extra)), extra))
     cfg.tracking_uri()
     return cfg

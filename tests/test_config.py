@@ -4,7 +4,7 @@ from pipelines.config import ConfigError, PipelineConfig, load_config
 
 
 def test_presets_load_and_overrides_apply():
-    cfg = load_config("configs/demo.yaml", ["train.lr_g=1e-3", "train.discriminator_steps=3", "name=x1"])
+    cfg = load_config("demo", ["train.lr_g=1e-3", "train.discriminator_steps=3", "name=x1"])
     assert cfg.train.lr_g == 1e-3 and cfg.train.discriminator_steps == 3 and cfg.name == "x1"
     assert cfg.model.resolution == 32
     paper = load_config("paper")
@@ -34,8 +34,9 @@ def test_the_paper_preset_is_the_paper_and_the_defaults_are_the_sweeps_recipe():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.lr=1", r"unknown key 'train.lr' \(allowed in train: .*lr_g"),
-        ("bogus=1", r"unknown key 'bogus'"),
+        ("train.lr=1", r"unknown key 'train.lr' \(did you mean train.lr_g, train.lr_d\?\); `dcgan config keys`"),
+        ("eval.fid_sample=5", r"unknown key 'eval.fid_sample' \(did you mean eval.fid_samples\?\)"),
+        ("bogus=1", r"unknown key 'bogus' \(allowed in the top level: name, storage, data, "),
         ("train.lr_g=-1", r"train.lr_g: .*greater than 0"),
         ("model.resolution=48", r"model.resolution: .*32, 64 or 128"),
         ("train.discriminator_steps=0", r"train.discriminator_steps"),

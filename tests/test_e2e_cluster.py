@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 START, STOP = ROOT / "infra" / "local" / "start.sh", ROOT / "infra" / "local" / "stop.sh"
 ARTIFACTS = ROOT / "test-artifacts"
 DOCS = [ROOT / "README.md"]  # where the mini cluster and the cluster job are documented
-PRESET = "configs/smoke.yaml"
+PRESET = "smoke"  # a preset name: the presets are package data (pipelines/presets)
 JOB_TIMEOUT_S = 420
 
 
@@ -223,7 +223,7 @@ def job(cluster):
     assert done.returncode == 0, f"job failed:\n{output[-6000:]}"
     assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr
 
-    cfg = load_config(ROOT / PRESET, overrides)
+    cfg = load_config(PRESET, overrides)
     client = MlflowClient(cluster.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     runs = client.search_runs([experiment.experiment_id])
@@ -462,14 +462,14 @@ def test_registered_model_sits_in_s3_and_generates_images(cluster, job, tmp_path
     assert max(sizes.values()) > 10_000, f"no weights among the model's files: {sizes}"
 
     documented = {m.group(1) for doc in DOCS if doc.exists()
-                  for m in re.finditer(r"dcgan generate --model models:/([\w.-]+)@champion", doc.read_text())}
+                  for m in re.finditer(r"dcgan generate --network models:/([\w.-]+)@champion", doc.read_text())}
     assert name in documented, f"the docs' `dcgan generate` lines name {documented}, the smoke run registers {name}"
 
     # A user without S3 keys: the model comes through the tracking server.
     env = {k: v for k, v in cluster.env.items() if not k.startswith("AWS_")}
     out = tmp_path / "samples"
-    done = subprocess.run([sys.executable, "-m", "pipelines.steps.cli", "generate", "--model", f"models:/{name}@champion",
-                           "-n", "6", "--seed", "7", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "pipelines.steps.cli", "generate", "--network", f"models:/{name}@champion",
+                           "-n", "6", "--seed", "7", "--outdir", str(out)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     pngs = sorted(out.glob("*.png"))
@@ -704,7 +704,6 @@ def test_without_tracking_server_the_pipeline_stops_at_once_and_writes_nothing(c
     started = time.monotonic()
     # The documented command from an empty folder, on fresh storage (it would ingest there first).
     argv = [sys.executable, *job.pipeline_argv[1:]]
-    argv[argv.index(PRESET)] = str(ROOT / PRESET)
     argv = [a for a in argv if not a.startswith("storage=")] + [f"storage=s3://{cluster.bucket}/fresh"]
     done = subprocess.run(argv, env=env, cwd=workdir, capture_output=True, text=True, timeout=300)
     elapsed = time.monotonic() - started

@@ -29,24 +29,24 @@ CASES = [
     # a missing path
     *[(f"{step}-missing-source", argv + [("pipeline." if step == "sweep" else "") + "data.source=/nonexistent/lsun"],
        "/nonexistent/lsun") for step, argv in STEPS.items()],
-    ("evaluate-missing-checkpoint", ["-m", "pipelines.steps.evaluate", "--run", "/nonexistent/checkpoint"],
+    ("evaluate-missing-checkpoint", ["-m", "pipelines.steps.evaluate", "--network", "/nonexistent/checkpoint"],
      "/nonexistent/checkpoint"),
-    ("generate-missing-model", ["-m", "pipelines.steps.generate", "--model", "/nonexistent/ckpt", "--out", "x.png"],
+    ("generate-missing-model", ["-m", "pipelines.steps.generate", "--network", "/nonexistent/ckpt", "--out", "x.png"],
      "/nonexistent/ckpt"),
     ("fid-missing-folder", ["-m", "pipelines.steps.fid", "/nonexistent/a", "/nonexistent/b"], "/nonexistent/a"),
-    ("latent-missing-model", ["-m", "pipelines.steps.latent", "sheet", "--model", "/nonexistent/ckpt"],
+    ("latent-missing-model", ["-m", "pipelines.steps.latent", "sheet", "--network", "/nonexistent/ckpt"],
      "/nonexistent/ckpt"),
     # a wrong key
     *[(f"{step}-wrong-key", argv + [("pipeline." if step == "sweep" else "") + "train.lr_gee=1e-4"], "train.lr_gee")
       for step, argv in STEPS.items()],
-    ("evaluate-wrong-key", ["-m", "pipelines.steps.evaluate", "--run", "/nonexistent/checkpoint", "eval.fid_sample=5"],
+    ("evaluate-wrong-key", ["-m", "pipelines.steps.evaluate", "--network", "/nonexistent/checkpoint", "eval.fid_sample=5"],
      "eval.fid_sample"),
     # an unreachable s3:// prefix
     *[(f"{step}-unreachable-s3", argv + [("pipeline." if step == "sweep" else "") + "data.source=s3://bucket/lsun"],
        "s3://bucket/lsun") for step, argv in STEPS.items()],
-    ("evaluate-unreachable-s3", ["-m", "pipelines.steps.evaluate", "--run", "s3://bucket/checkpoint"],
+    ("evaluate-unreachable-s3", ["-m", "pipelines.steps.evaluate", "--network", "s3://bucket/checkpoint"],
      "s3://bucket/checkpoint"),
-    ("generate-unreachable-s3", ["-m", "pipelines.steps.generate", "--model", "s3://bucket/ckpt", "--out", "x.png"],
+    ("generate-unreachable-s3", ["-m", "pipelines.steps.generate", "--network", "s3://bucket/ckpt", "--out", "x.png"],
      "s3://bucket/ckpt"),
 ]
 
@@ -87,7 +87,7 @@ def test_bad_input_fails_before_any_work(outcomes, index):
 
 
 def test_the_issue_example_fails_with_one_line(outcomes):
-    """`python -m pipelines.steps.run --config configs/demo.yaml data.source=/nonexistent/lsun`: one line."""
+    """`python -m pipelines.steps.run --config demo data.source=/nonexistent/lsun`: one line."""
     _, _, proc, _, _ = outcomes[0]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith("dcgan run: ") and "/nonexistent/lsun" in lines[0], proc.stderr

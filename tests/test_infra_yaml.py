@@ -32,7 +32,7 @@ INFRA = ROOT / "infra"
 K8S = INFRA / "k8s"
 AWS_CLUSTER = INFRA / "aws" / "cluster.yaml"
 DOCS = [ROOT / "README.md"]  # where the mini cluster and the cluster job are documented
-PRODUCTION_PRESET = "configs/lsun-bedroom-64.yaml"
+PRODUCTION_PRESET = "lsun-bedroom-64"  # a preset name (pipelines/presets, package data)
 PROJECT_IMAGE_REPO = "123456789012.dkr.ecr.us-west-2.amazonaws.com/dcgan-ray"  # the Dockerfile's image, pushed
 # Node types the pods are pinned to: (vCPUs, memory GiB, max pods with the VPC CNI).
 INSTANCE_TYPES = {"g5.4xlarge": (16, 64, 234), "m6i.2xlarge": (8, 32, 58)}
@@ -82,7 +82,7 @@ def _pod_specs() -> list[dict]:
 
 
 def _check_pipeline_command(command: str) -> None:
-    """`python -m pipelines.<step> --config <yaml> [k=v ...]`: the module runs as a script and the config loads."""
+    """`python -m pipelines.<step> --config <preset> [k=v ...]`: the module runs as a script and the config loads."""
     argv = shlex.split(command)
     assert argv[:2] == ["python", "-m"], command
     module = argv[2]
@@ -93,8 +93,7 @@ def _check_pipeline_command(command: str) -> None:
     rest = argv[3:]
     assert rest[0] == "--config", command
     preset, overrides = rest[1], [a for a in rest[2:] if "$" not in a]  # $VAR: the user's shell fills it in
-    assert (ROOT / preset).is_file(), f"{command}: {preset} does not exist"
-    load_config(ROOT / preset, overrides)  # raises ConfigError on a wrong key or value
+    load_config(preset, overrides)  # a preset name or a file; raises ConfigError if missing, on a wrong key or value
 
 
 def _documented_submit_lines() -> list[str]:
@@ -219,7 +218,7 @@ def test_aws_cluster_is_a_valid_ray_launcher_config():
     assert not head["node_config"]["InstanceType"].startswith(("g", "p")), "the head is a CPU node"
     gpu = [w for w in workers.values() if w["node_config"]["InstanceType"].startswith(("g", "p"))]
     assert gpu and all(w["min_workers"] == 0 < w["max_workers"] for w in gpu), "GPU workers autoscale from zero"
-    wanted = load_config(ROOT / PRODUCTION_PRESET).scaling.num_workers
+    wanted = load_config(PRODUCTION_PRESET).scaling.num_workers
     assert sum(w["max_workers"] for w in gpu) >= wanted, "the paper's run must fit the cluster"
     for node in config["available_node_types"].values():
         assert node["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::"), "S3 via an instance role"
@@ -316,7 +315,8 @@ def test_dockerfile_installs_the_project_with_the_constraints():
                     # (options.constraints also holds any this machine's pip configuration adds)
                     assert "constraints.txt" in options.constraints, "install with -c constraints.txt"
                     assert "constraints.txt" in copied, "constraints.txt must be copied before the install"
-                    for target in options.editables + args:
+                    assert not options.editables, "the image installs the project as a package, not editable"
+                    for target in args:
                         req = re.fullmatch(r"\.(?:\[([\w,]+)\])?", target)
                         assert req, f"pip install {target}: the image installs the project only"
                         for extra in filter(None, (req.group(1) or "").split(",")):
@@ -324,7 +324,7 @@ def test_dockerfile_installs_the_project_with_the_constraints():
                 elif "pip" in argv:
                     pytest.fail(f"a pip command without the constraints: {command}")
     assert installs == 1
-    assert workdir and {"pyproject.toml", "gan", "pipelines", "tune", "configs"} <= copied
+    assert workdir and {"pyproject.toml", "gan", "pipelines", "tune"} <= copied
     # The commit: a build argument the build refuses to run without, kept in the environment.
     args = [c for c in commands if c.cmd.upper() == "ARG"]
     assert any(c.value[0] == "DCGAN_GIT_COMMIT" for c in args), "ARG DCGAN_GIT_COMMIT (no default)"
@@ -369,7 +369,7 @@ def test_raycluster_has_a_cpu_head_and_an_autoscaling_gpu_group():
     gpu_groups = [g for g in cluster["workerGroupSpecs"]
                   if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]
     assert gpu_groups
-    wanted = load_config(ROOT / PRODUCTION_PRESET).scaling.num_workers
+    wanted = load_config(PRODUCTION_PRESET).scaling.num_workers
     for g in gpu_groups:
         assert g["minReplicas"] == 0 < g["maxReplicas"]
     assert sum(g["maxReplicas"] for g in gpu_groups) >= wanted
@@ -390,7 +390,7 @@ def test_ray_api_demands_the_token_from_a_secret():
 
 def test_pod_requests_fit_the_instance_types_with_headroom():
     cluster = _one("RayCluster")["spec"]
-    preset = load_config(ROOT / PRODUCTION_PRESET)
+    preset = load_config(PRODUCTION_PRESET)
     groups = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster["workerGroupSpecs"]]
     for name, group in groups:
         spec = group["template"]["spec"]

@@ -50,7 +50,7 @@ def test_sample_ids_and_expressions_parse_and_bad_ones_say_how_to_write_them():
 
 
 def test_sheet_writes_the_numbered_sheet_and_one_image_per_id(checkpoint, tmp_path):
-    assert _run("sheet", "--model", checkpoint, "--ids", "0-5", "--upscale", "2", "--out", tmp_path) == 0
+    assert _run("sheet", "--network", checkpoint, "--ids", "0-5", "--upscale", "2", "--out", tmp_path) == 0
     assert _png(tmp_path / "sheet.png").shape == (2 * (2 * 34 + 2), 2 * (3 * 34 + 2), 3)  # 6 ids: 3 per row, 2x
     single = _png(tmp_path / "samples" / "4.png")
     assert single.shape == (64, 64, 3)
@@ -61,7 +61,7 @@ def test_sheet_writes_the_numbered_sheet_and_one_image_per_id(checkpoint, tmp_pa
 
 
 def test_walk_writes_grid_gif_and_the_path(checkpoint, tmp_path):
-    assert _run("walk", "--model", checkpoint, "--ids", "3,17,42", "--steps", "5", "--method", "slerp", "--out", tmp_path) == 0
+    assert _run("walk", "--network", checkpoint, "--ids", "3,17,42", "--steps", "5", "--method", "slerp", "--out", tmp_path) == 0
     path = np.load(tmp_path / "walk-z.npy")
     assert path.shape == (2, 5, 16)
     keys = latent.seeded_z([3, 17, 42], 16).numpy()
@@ -72,7 +72,7 @@ def test_walk_writes_grid_gif_and_the_path(checkpoint, tmp_path):
     assert gif.n_frames == 2 * 4 + 1  # the shared keypoint appears once
     # lerp gives a different path through the same endpoints
     out2 = tmp_path / "lerp"
-    assert _run("walk", "--model", checkpoint, "--ids", "3,17,42", "--steps", "5", "--method", "lerp", "--out", out2) == 0
+    assert _run("walk", "--network", checkpoint, "--ids", "3,17,42", "--steps", "5", "--method", "lerp", "--out", out2) == 0
     lerp_path = np.load(out2 / "walk-z.npy")
     np.testing.assert_allclose(lerp_path[:, [0, -1]], path[:, [0, -1]], atol=1e-5)
     assert not np.allclose(lerp_path[:, 2], path[:, 2])
@@ -81,16 +81,16 @@ def test_walk_writes_grid_gif_and_the_path(checkpoint, tmp_path):
 def test_walk_through_saved_z_vectors(checkpoint, tmp_path):
     z = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
     np.save(tmp_path / "z.npy", z)
-    assert _run("walk", "--model", checkpoint, "--z", tmp_path / "z.npy", "--steps", "3", "--out", tmp_path / "w") == 0
+    assert _run("walk", "--network", checkpoint, "--z", tmp_path / "z.npy", "--steps", "3", "--out", tmp_path / "w") == 0
     path = np.load(tmp_path / "w" / "walk-z.npy")
     np.testing.assert_allclose(path[:, 0], z[:2], atol=1e-5)
     np.testing.assert_allclose(path[-1, -1], z[2], atol=1e-5)
     np.save(tmp_path / "bad.npy", z[:, :10])
-    assert _run("walk", "--model", checkpoint, "--z", tmp_path / "bad.npy", "--out", tmp_path / "b") == 2
+    assert _run("walk", "--network", checkpoint, "--z", tmp_path / "bad.npy", "--out", tmp_path / "b") == 2
 
 
 def test_arithmetic_renders_operands_and_result_of_known_seeds(checkpoint, tmp_path):
-    assert _run("arithmetic", "--model", checkpoint, "2,7,11 - 4,9,13 + 5,6,8", "--out", tmp_path) == 0
+    assert _run("arithmetic", "--network", checkpoint, "2,7,11 - 4,9,13 + 5,6,8", "--out", tmp_path) == 0
     z = np.load(tmp_path / "arithmetic-z.npy")
     expected = latent.seeded_z([2, 7, 11], 16).mean(0) - latent.seeded_z([4, 9, 13], 16).mean(0) + latent.seeded_z([5, 6, 8], 16).mean(0)
     np.testing.assert_allclose(z[0], expected.numpy(), atol=1e-5)
@@ -115,7 +115,7 @@ def test_forget_with_boxes_drops_maps_and_renders_before_and_after(checkpoint, t
     (tmp_path / "boxes.json").write_text(json.dumps({"image_size": 64, "boxes": boxes}))
     before_ckpt = (checkpoint / "checkpoint.pt").read_bytes()
     out = tmp_path / "out"
-    assert _run("forget", "--model", checkpoint, "--boxes", tmp_path / "boxes.json", "--render", "10-13", "--out", out) == 0
+    assert _run("forget", "--network", checkpoint, "--boxes", tmp_path / "boxes.json", "--render", "10-13", "--out", out) == 0
     report = json.loads((out / "forget.json").read_text())
     assert report["layer"] == "up2" and report["maps"][0] == target
     assert report["marked_ids"] == ids + [6] and report["render_ids"] == [10, 11, 12, 13]
@@ -134,7 +134,7 @@ def test_forget_with_boxes_drops_maps_and_renders_before_and_after(checkpoint, t
     assert report["mean_abs_change_inside_marks"] > report["mean_abs_change_outside_marks"]
 
     # --difference adds |after - before| under each pair: black where nothing changed.
-    assert _run("forget", "--model", checkpoint, "--boxes", tmp_path / "boxes.json", "--render", "10-13",
+    assert _run("forget", "--network", checkpoint, "--boxes", tmp_path / "boxes.json", "--render", "10-13",
                 "--difference", "--out", tmp_path / "diff") == 0
     figure = _png(tmp_path / "diff" / "forget.png")
     assert figure.shape == (3 * 34 + 2, 4 * 34 + 2, 3)
@@ -150,22 +150,22 @@ def test_forget_with_masks(checkpoint, tmp_path):
         m = np.zeros((32, 32), np.uint8)
         m[4 * i:4 * i + 12, 8:20] = 255
         Image.fromarray(m).save(masks / f"{i}.png")
-    assert _run("forget", "--model", checkpoint, "--masks", masks, "--out", tmp_path / "out") == 0
+    assert _run("forget", "--network", checkpoint, "--masks", masks, "--out", tmp_path / "out") == 0
     report = json.loads((tmp_path / "out" / "forget.json").read_text())
     assert report["marked_ids"] == [0, 1, 2, 3] and report["positives"] == 4 * 6 * 6
 
 
 def test_bad_inputs_get_actionable_errors(checkpoint, tmp_path, capsys):
-    assert _run("walk", "--model", tmp_path / "nowhere", "--ids", "1,2", "--out", tmp_path / "a") == 2
+    assert _run("walk", "--network", tmp_path / "nowhere", "--ids", "1,2", "--out", tmp_path / "a") == 2
     assert "no checkpoint at" in capsys.readouterr().err
     (tmp_path / "none.json").write_text(json.dumps({"boxes": {"1": []}}))
-    assert _run("forget", "--model", checkpoint, "--boxes", tmp_path / "none.json", "--out", tmp_path / "b") == 2
+    assert _run("forget", "--network", checkpoint, "--boxes", tmp_path / "none.json", "--out", tmp_path / "b") == 2
     assert "mark the object" in capsys.readouterr().err
-    assert _run("forget", "--model", checkpoint, "--out", tmp_path / "c") == 2
+    assert _run("forget", "--network", checkpoint, "--out", tmp_path / "c") == 2
     assert "--boxes" in capsys.readouterr().err
-    assert _run("arithmetic", "--model", checkpoint, "1,2 + + 3", "--out", tmp_path / "d") == 2
+    assert _run("arithmetic", "--network", checkpoint, "1,2 + + 3", "--out", tmp_path / "d") == 2
     assert "two operators" in capsys.readouterr().err
-    assert _run("walk", "--model", checkpoint, "--ids", "1,2", "--mlflow-run", "new",
+    assert _run("walk", "--network", checkpoint, "--ids", "1,2", "--mlflow-run", "new",
                 "--tracking-uri", "http://127.0.0.1:9", "--out", tmp_path / "e") == 2
     assert "mlflow server" in capsys.readouterr().err
 
@@ -186,13 +186,13 @@ def test_registered_champion_model_and_logging_to_mlflow(checkpoint, tmp_path):
     client.set_registered_model_alias("tiny-bedrooms", "champion", info.registered_model_version)
 
     out = tmp_path / "walk"
-    assert _run("walk", "--model", "models:/tiny-bedrooms@champion", "--ids", "1,2", "--steps", "3",
+    assert _run("walk", "--network", "models:/tiny-bedrooms@champion", "--ids", "1,2", "--steps", "3",
                 "--tracking-uri", uri, "--mlflow-run", run.info.run_id, "--out", out) == 0
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "latent/walk")}
     assert logged == {"latent/walk/walk.png", "latent/walk/walk.gif"}
     # the registered model is the checkpoint's generator: same images
     ref = tmp_path / "ref"
-    assert _run("walk", "--model", checkpoint, "--ids", "1,2", "--steps", "3", "--out", ref) == 0
+    assert _run("walk", "--network", checkpoint, "--ids", "1,2", "--steps", "3", "--out", ref) == 0
     assert np.array_equal(_png(out / "walk.png"), _png(ref / "walk.png"))
 
 
@@ -219,7 +219,7 @@ def test_mlflow_run_new_makes_a_run_with_artifacts_beside_the_sqlite_store(check
     store.mkdir()
     uri = "sqlite:///" + str(store / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    assert _run("arithmetic", "--model", checkpoint, "1,2,3 - 4,5,6 + 7,8,9", "--mlflow-run", "new",
+    assert _run("arithmetic", "--network", checkpoint, "1,2,3 - 4,5,6 + 7,8,9", "--mlflow-run", "new",
                 "--experiment", "latent-tools", "--out", tmp_path / "out") == 0
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("latent-tools")

@@ -58,8 +58,8 @@ def test_sweep_stops_trials_early_survives_a_killed_driver_and_registers_the_cha
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "sweep-1.log", "w")
-    # README, "Sweeps": .venv/bin/python -m tune.sweep --config configs/sweep-demo.yaml
-    proc = subprocess.Popen([sys.executable, "-m", "tune.sweep", "--config", "configs/sweep-demo.yaml"],
+    # README, "Sweeps": .venv/bin/python -m tune.sweep --config sweep-demo
+    proc = subprocess.Popen([sys.executable, "-m", "tune.sweep", "--config", "sweep-demo"],
                             cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     finished_before, killed_at = set(), None
     deadline = time.time() + 900

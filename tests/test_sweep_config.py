@@ -92,7 +92,7 @@ def test_local_paths_are_fixed_where_the_sweep_starts(tmp_path, monkeypatch):
     path must mean the folder the sweep was started from, not the trial's."""
     start, elsewhere = tmp_path / "clone", tmp_path / "trial-dir"
     start.mkdir(), elsewhere.mkdir()
-    (start / "preset.yaml").write_text((ROOT / "configs" / "smoke.yaml").read_text())
+    (start / "preset.yaml").write_text((ROOT / "pipelines" / "presets" / "smoke.yaml").read_text())
     monkeypatch.chdir(start)
     sweep = load_sweep(_sweep_yaml(start, "  train.lr_g: {choice: [1e-4]}").name,
                        ["preset=preset.yaml", "pipeline.data.dataset=data/set",

@@ -1,8 +1,8 @@
 """Ray Tune sweeps over learning rates and k, stopped early on FID, the winner registered.
 
-    python -m tune.sweep --config configs/sweep-demo.yaml [num_samples=8 pipeline.train.iterations=200 ...]
+    python -m tune.sweep --config sweep-demo [num_samples=8 pipeline.train.iterations=200 ...]
     python -m tune.sweep --resume runs/sweeps/<sweep run>       # continue an interrupted sweep
-    ray job submit --working-dir . -- python -m tune.sweep --config configs/sweep-demo.yaml
+    ray job submit --working-dir . -- python -m tune.sweep --config sweep-demo
 
 Each trial (:mod:`tune.trials`) is a multi-worker TorchTrainer run; ASHA
 (:mod:`tune.schedulers`) stops bad trials early on the FID they report.
@@ -20,14 +20,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipelines.cluster import storage
-from pipelines.config import ConfigError, PipelineConfig, absolute_location
 from pipelines.errors import PipelineError
-from pipelines.records import tracking
-from pipelines.steps.entrypoint import config_parser, run_command
-from tune.sweep_config import SweepConfig, absolute_tracking_uri, load_sweep
+from pipelines.steps.entrypoint import Command, add_config_arguments, overrides_of
+
+if TYPE_CHECKING:  # imported where used: `dcgan sweep --help` loads neither pyarrow nor pydantic
+    from pipelines.config import PipelineConfig
+    from tune.sweep_config import SweepConfig
 
 PROG = "dcgan sweep"
 STATE_FILE = "sweep.json"
@@ -58,6 +58,8 @@ class Sweep:
 
     @property
     def experiment_id(self) -> str:
+        from pipelines.records import tracking
+
         return tracking.configure(self.tracking_uri, self.base.tracking.experiment, check=False)
 
     @property
@@ -79,6 +81,8 @@ def run_sweep(sweep_config: SweepConfig | None, resume: str | None = None) -> di
 def sweep_in_session(sweep: Sweep, session, t0: float) -> dict[str, Any]:
     import mlflow
 
+    from pipelines.cluster import storage
+    from pipelines.records import tracking
     from pipelines.driver.provenance import git_commit
     from pipelines.records.lineage import log_dataset
     from pipelines.training.trainer import make_evaluator
@@ -115,7 +119,10 @@ def sweep_in_session(sweep: Sweep, session, t0: float) -> dict[str, Any]:
 def open_sweep(sweep_config: SweepConfig | None, resume: str | None) -> Sweep:
     """A new sweep, or the interrupted one in ``resume`` (the driver session checks
     tracking, data and storage before anything starts)."""
+    from pipelines.cluster import storage
+    from pipelines.config import absolute_location
     from pipelines.driver.named_runs import unique_run_name
+    from tune.sweep_config import SweepConfig, absolute_tracking_uri
 
     resume = absolute_location(resume) or named_sweep(sweep_config)  # runs/sweeps/<name>: where the command was given
     state = json.loads(storage.read_bytes(storage.join(resume, STATE_FILE))) if resume else {}
@@ -133,6 +140,10 @@ def open_sweep(sweep_config: SweepConfig | None, resume: str | None) -> Sweep:
 def named_sweep(sweep_config: SweepConfig | None) -> str | None:
     """The folder of the sweep this one continues: one of the same ``run_name`` that started
     before, whose config must be this one's."""
+    from pipelines.cluster import storage
+    from pipelines.config import ConfigError
+    from tune.sweep_config import SweepConfig
+
     if sweep_config is None or not sweep_config.run_name:
         return None
     folder = storage.join(sweep_config.pinned().check().storage, "sweeps", sweep_config.run_name)
@@ -158,6 +169,8 @@ def record_start(sweep: Sweep) -> None:
     """The sweep's config in its MLflow run, and the state a ``--resume`` reads."""
     import mlflow
 
+    from pipelines.cluster import storage
+
     mlflow.log_params({"sweep." + k: json.dumps(v) for k, v in sweep.config.model_dump().items() if k != "search"})
     mlflow.log_dict(sweep.config.model_dump(), "sweep_config.json")
     storage.write_bytes(storage.join(sweep.directory, STATE_FILE), json.dumps({
@@ -171,6 +184,8 @@ def make_tuner(sweep: Sweep):
     import ray.tune
     from ray.tune.search import BasicVariantGenerator
 
+    from pipelines.cluster import storage
+    from pipelines.config import ConfigError
     from tune.schedulers import ResumableASHA
     from tune.trials import run_trial, search_space
 
@@ -255,6 +270,7 @@ def log_rungs(results, sweep: Sweep, folder: Path) -> None:
 
 def register_best(sweep: Sweep, best, manifest: dict):
     """The best trial's generator, registered; champion only if it beats the current one."""
+    from pipelines.cluster import storage
     from pipelines.records import registry
     from pipelines.training.checkpoints import generator_from_state, load_state
     from pipelines.records.lineage import mlflow_dataset
@@ -303,7 +319,9 @@ def _cpus_needed(sweep: SweepConfig, base: PipelineConfig) -> int:
 
 
 def sweep_command(args) -> int:
-    sweep = None if args.resume else load_sweep(args.config, args.overrides)
+    from tune.sweep_config import load_sweep
+
+    sweep = None if args.resume else load_sweep(args.config, overrides_of(args, prefix="pipeline."))
     if sweep is not None:
         print(f"[sweep] {sweep.trial_count()} trials, {sweep.max_concurrent_trials} at a time; "
               f"search: {', '.join(sweep.search)}", flush=True)
@@ -311,11 +329,24 @@ def sweep_command(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = config_parser(PROG, "Ray Tune sweep over learning rates and k.", default_config="sweep-demo",
-                       overrides_help=OVERRIDES_HELP)
+def add_arguments(ap) -> None:
+    add_config_arguments(ap, default_config="sweep-demo", overrides_help=OVERRIDES_HELP)
     ap.add_argument("--resume", help="the folder of an interrupted sweep (printed when it started)")
-    return run_command(PROG, lambda: sweep_command(ap.parse_args(argv)))
+
+
+def base_config(args) -> PipelineConfig:
+    """The pipeline config every trial starts from (the sweep's preset and overrides, --tracking-uri)."""
+    from tune.sweep_config import load_sweep
+
+    return load_sweep(args.config, overrides_of(args, prefix="pipeline.")).check()
+
+
+COMMAND = Command(PROG, "Ray Tune sweep over learning rates and k", add_arguments, sweep_command,
+                  description="Ray Tune sweep over learning rates and k.", config=base_config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipelines.config import (CONFIG_DIR, ConfigError, PipelineConfig, absolute_location, deep_merge, load_raw,
-                              load_yaml, nest_dotted, parse_overrides, resolve_preset, validate)
+from pipelines.config import (ConfigError, PipelineConfig, absolute_location, deep_merge, experiment_from_environment,
+                              load_raw, load_yaml, nest_dotted, parse_overrides, preset_reference, resolve_preset,
+                              validate)
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid", "randint")
 RANGES = ("loguniform", "uniform", "randint")
@@ -129,10 +130,9 @@ class SweepConfig(BaseModel):
             pins["tracking.uri"] = absolute_tracking_uri(base["tracking.uri"])
         search = {key: {kind: [absolute_location(v) for v in args] if key in LOCATION_KEYS else args
                         for kind, args in spec.items()} for key, spec in self.search.items()}
-        preset = resolve_preset(self.preset).absolute()
         # A bundled preset goes by its name, which every node with the project resolves.
-        preset_name = preset.stem if preset.resolve().parent == CONFIG_DIR.resolve() else str(preset)
-        return self.model_copy(update={"preset": preset_name, "pipeline": {**self.pipeline, **pins}, "search": search})
+        return self.model_copy(update={"preset": preset_reference(self.preset), "pipeline": {**self.pipeline, **pins},
+                                       "search": search})
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -158,7 +158,12 @@ def _number(what: str, value: Any, integer: bool = False) -> int | float:
 def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> SweepConfig:
     p = resolve_preset(path)
     data = load_yaml(p.read_text()) or {}
-    data = deep_merge(data, parse_overrides(overrides or []))
+    explicit = parse_overrides(overrides or [])
+    data = deep_merge(data, explicit)
+    # $MLFLOW_EXPERIMENT_NAME names the sweep's experiment unless pipeline.tracking.experiment= is given.
+    env = experiment_from_environment(explicit.get("pipeline") or {})
+    if env and isinstance(data.get("pipeline", {}), dict):
+        data["pipeline"] = deep_merge(nest_dotted(data.get("pipeline", {})), env)
     try:
         sweep = SweepConfig.model_validate(data)
     except ValidationError as e:

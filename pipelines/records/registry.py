@@ -13,24 +13,40 @@ FID, KID and the audit's figures are metrics linked to the logged model and the 
 Versions also carry tags (FID, KID, dataset hash, audit result, git commit) and aliases:
 every new version is ``challenger``; it becomes ``champion`` only if its FID beats
 the current champion's on the same dataset (or there is no champion yet).
+
+:func:`check_model_reference` checks a ``models:/`` reference against the registry before
+a command reads anything else; a wrong name, version or alias fails in one line that
+names what the registry has. torch is imported where a generator is handled, so that
+check does not wait for it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+from pipelines.errors import PipelineError
 
-from gan.models import Generator
+if TYPE_CHECKING:
+    import torch
+
+    from gan.models import Generator
 
 FID_TAG, DATASET_TAG = "fid", "dataset_hash"
 BLOCKED_TAG = "promotion_blocked"  # why a version may never be champion (the copying audit's reasons)
+MODELS_SCHEME = "models:/"
+LISTED = 20  # names listed in an error, at most
+
+
+class ModelReferenceError(PipelineError):
+    """A ``models:/`` reference the registry does not resolve; the message names what it has."""
 
 
 def _eager_copy(generator: torch.nn.Module) -> Generator:
     """A plain Generator (no DDP, no cross-worker batch norm) with the same weights, in eval mode."""
+    from gan.models import Generator
+
     g = Generator(resolution=generator.resolution, latent_dim=generator.latent_dim, width=generator.width,
                   channels=generator.channels)
     g.load_state_dict(generator.state_dict())
@@ -40,6 +56,8 @@ def _eager_copy(generator: torch.nn.Module) -> Generator:
 def log_generator(generator: torch.nn.Module, name: str = "generator", example_batch: int = 4):
     """Log G (pt2) to the active MLflow run; returns MLflow's ModelInfo."""
     import mlflow
+    import numpy as np
+    import torch
     from mlflow.models import infer_signature
 
     g = _eager_copy(generator)
@@ -133,3 +151,73 @@ def register_and_promote(generator: torch.nn.Module, name: str, fid: float, fid_
         return version, False, f"promotion blocked: {blocked}"
     promoted, reason = promote_if_better(name, version.version, fid, dataset_hash)
     return version, promoted, reason
+
+
+def _names(items, noun: str) -> str:
+    items = list(items)
+    more = ", ..." if len(items) > LISTED else ""
+    return f"{noun}: {', '.join(items[:LISTED])}{more}" if items else f"no {noun}"
+
+
+def _is_logged_model(client, model_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_logged_model(model_id)  # models:/<model id>, MLflow 3's logged model
+        return True
+    except MlflowException:
+        return False
+
+
+def _model_contents(client, name: str) -> tuple[list[str], dict[str, str], str]:
+    """(versions, aliases, ``versions: 1, 2; aliases: champion -> 2, challenger -> 2``)."""
+    quoted = name.replace("'", "\\'")
+    versions = sorted((str(v.version) for v in client.search_model_versions(f"name = '{quoted}'")), key=int)
+    aliases = {a: str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()}
+    listing = "; ".join([_names(versions, "versions"),
+                         _names([f"{a} -> {v}" for a, v in sorted(aliases.items())], "aliases")])
+    return versions, aliases, listing
+
+
+def _split_reference(reference: str) -> tuple[str, str | None, str | None]:
+    """``name@alias`` -> (name, None, alias); ``name/3`` -> (name, '3', None); ``id`` -> (id, None, None)."""
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+        return name, None, alias
+    name, _, version = reference.partition("/")
+    return name, version or None, None
+
+
+def check_model_reference(uri: str, tracking_uri: str) -> None:
+    """Fail in one line, naming what exists, unless the registry at ``tracking_uri`` resolves
+    ``uri`` (``models:/<name>@<alias>``, ``models:/<name>/<version>``, or a logged model's
+    ``models:/<model id>``); other locations pass through. Reads nothing else, writes nothing."""
+    if not uri.startswith(MODELS_SCHEME):
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.records import tracking
+
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        raise ModelReferenceError(f"{uri}: no model registry at {tracking_uri} (the file does not exist): set "
+                                  "MLFLOW_TRACKING_URI or --tracking-uri to the store that registered the model")
+    tracking.check_tracking(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    name, version, alias = _split_reference(uri[len(MODELS_SCHEME):].strip("/"))
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        if version is None and alias is None and _is_logged_model(client, name):
+            return
+        registered = [m.name for m in client.search_registered_models(max_results=LISTED + 1)]
+        raise ModelReferenceError(f"{uri}: no registered model '{name}' at {tracking_uri} "
+                                  f"({_names(sorted(registered), 'registered models')})") from None
+    versions, aliases, has = _model_contents(client, name)
+    if alias is not None and alias not in aliases:
+        raise ModelReferenceError(f"{uri}: '{name}' has no alias '{alias}' ({has})")
+    if version is None and alias is None:
+        raise ModelReferenceError(f"{uri}: name a version or an alias, models:/{name}/<version> or "
+                                  f"models:/{name}@<alias> ({has})")
+    if version is not None and version.isdigit() and version not in versions:  # (else a stage or 'latest')
+        raise ModelReferenceError(f"{uri}: '{name}' has no version {version} ({has})")

@@ -1,24 +1,26 @@
 """`dcgan evaluate`: FID, KID and the memorization audit of a generator, into MLflow.
 
-    python -m pipelines.steps.evaluate --run <MLflow run id | checkpoint | models:/...> [key=value ...]
+    dcgan evaluate --network <MLflow run id | checkpoint | models:/...> [key=value ...]
+    python -m pipelines.steps.evaluate --network models:/dcgan-synthetic-4096-s0-32px@champion
 
 Evaluates a generator against its training dataset and logs metrics, the audit report
-(JSON) and image grids into the run it came from (or a new run). The work is
-:func:`pipelines.evaluation.generator_eval.evaluate_generator`; with several workers or
-GPUs in the config it is spread over Ray actors.
+(JSON) and image grids into the run it came from (or a new run). The generator reference
+is checked first (a registered model's name, version or alias against the registry; a
+checkpoint's path), before anything else is read. The config is the checkpoint's own
+unless ``--config`` is given, else the ``demo`` preset, with the overrides on top. The
+work is :func:`pipelines.evaluation.generator_eval.evaluate_generator`; with several
+workers or GPUs in the config it is spread over Ray actors.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
-from pipelines.cluster import storage
-from pipelines.records import tracking
-from pipelines.records.tracking import CHECKPOINT_TAG, MLFLOW_SCHEMES
-from pipelines.config import PipelineConfig, deep_merge, load_config, parse_overrides, validate
-from pipelines.steps.entrypoint import config_parser, run_command
 from pipelines.errors import EvaluationError
+from pipelines.steps.entrypoint import (DEFAULT_PRESET, Command, add_config_arguments, add_network_argument,
+                                        overrides_of, require_network)
 
 PROG = "dcgan evaluate"
 
@@ -28,8 +30,14 @@ def _is_location(target: str) -> bool:
 
 
 def resolve_target(target: str, tracking_uri: str) -> tuple[str, str | None]:
-    """--run -> (generator location for load_generator, MLflow run id to log into or None)."""
+    """--network -> (generator location for load_generator, MLflow run id to log into or None)."""
+    from pipelines.cluster import storage
+    from pipelines.records import tracking
+    from pipelines.records.registry import check_model_reference
+    from pipelines.records.tracking import CHECKPOINT_TAG, MLFLOW_SCHEMES
+
     if target.startswith(MLFLOW_SCHEMES):
+        check_model_reference(target, tracking_uri)
         return target, None
     if _is_location(target):
         if not storage.exists(target):
@@ -43,7 +51,8 @@ def resolve_target(target: str, tracking_uri: str) -> tuple[str, str | None]:
     try:
         run = client.get_run(target)
     except mlflow.exceptions.MlflowException as e:
-        raise EvaluationError(f"'{target}' is neither a checkpoint path nor an MLflow run at {tracking_uri} ({e}). "
+        reason = (str(e).strip().splitlines() or ["not found"])[0]
+        raise EvaluationError(f"'{target}' is neither a checkpoint path nor an MLflow run at {tracking_uri} ({reason}). "
                               "Pass a checkpoint folder/.pt, or set MLFLOW_TRACKING_URI to the run's server") from None
     if run.data.tags.get(CHECKPOINT_TAG):
         return run.data.tags[CHECKPOINT_TAG], target
@@ -52,7 +61,7 @@ def resolve_target(target: str, tracking_uri: str) -> tuple[str, str | None]:
     if models:
         return f"models:/{models[0].model_id}", target
     raise EvaluationError(f"MLflow run {target} has neither a '{CHECKPOINT_TAG}' tag nor a logged model: "
-                          "pass its checkpoint with --run <checkpoint folder>")
+                          "pass its checkpoint with --network <checkpoint folder>")
 
 
 def logged_model_id(location: str, tracking_uri: str) -> str | None:
@@ -71,27 +80,49 @@ def logged_model_id(location: str, tracking_uri: str) -> str | None:
 
 
 def evaluate_command(args) -> int:
-    base = load_config(args.config) if args.config else PipelineConfig()
-    overrides = parse_overrides(args.overrides)
-    if args.dataset:
-        overrides = deep_merge(overrides, {"data": {"dataset": args.dataset}})
-    location, run_id = resolve_target(args.run, validate(deep_merge(base.model_dump(), overrides)).tracking_uri())
     from pipelines.driver.session import open_session
     from pipelines.evaluation.generator_eval import log_evaluation
-    from pipelines.training.checkpoints import generator_from_state, load_generator, load_state
 
-    state = None if location.startswith(MLFLOW_SCHEMES) else load_state(location)
-    cfg = validate(deep_merge(state["config"] if state and not args.config else base.model_dump(), overrides))
-    generator = generator_from_state(state) if state else load_generator(location)
+    location, run_id = resolve_target(args.network, evaluate_config(args).tracking_uri())
+    cfg, generator, state = load_target(location, args)
     with open_session(cfg, training=False, ingest=False) as session:
         result, step = evaluate_in_session(session, generator, args), int((state or {}).get("iteration", 0))
         run_id = log_evaluation(result, session.tracking_uri, run_id or (state or {}).get("mlflow_run_id"), step=step,
                                 experiment=cfg.tracking.experiment, run_name=f"evaluate-{cfg.name}",
-                                tags={"dcgan.evaluated": args.run}, manifest=session.manifest,
+                                tags={"dcgan.evaluated": args.network}, manifest=session.manifest,
                                 dataset_uri=cfg.dataset_uri, model_id=logged_model_id(location, session.tracking_uri))
     print(json.dumps({"run_id": run_id, "step": step, **{k: round(v, 6) for k, v in result.metrics.items()},
                       "grids": {k: str(v) for k, v in result.grids.items()}, "seconds": round(result.seconds, 1)}))
     return 0
+
+
+def _with_overrides(values: dict, args):
+    """``values`` (a preset's or a checkpoint's) with $MLFLOW_EXPERIMENT_NAME, the overrides,
+    --tracking-uri and --dataset on top, validated."""
+    from pipelines.config import deep_merge, experiment_from_environment, parse_overrides, validate
+
+    overrides = parse_overrides(overrides_of(args))
+    if args.dataset:
+        overrides = deep_merge(overrides, {"data": {"dataset": args.dataset}})
+    return validate(deep_merge(deep_merge(values, experiment_from_environment(overrides)), overrides))
+
+
+def evaluate_config(args):
+    """The config for a generator that brings none (a registered model): --config, else demo."""
+    from pipelines.config import load_raw
+
+    return _with_overrides(load_raw(args.config or DEFAULT_PRESET), args)
+
+
+def load_target(location: str, args):
+    """(config, generator, checkpoint state or None): a checkpoint brings its own config unless --config."""
+    from pipelines.records.tracking import MLFLOW_SCHEMES
+    from pipelines.training.checkpoints import generator_from_state, load_generator, load_state
+
+    state = None if location.startswith(MLFLOW_SCHEMES) else load_state(location)
+    cfg = _with_overrides(state["config"], args) if state and not args.config else evaluate_config(args)
+    generator = generator_from_state(state) if state else load_generator(location, tracking_uri=cfg.tracking_uri())
+    return cfg, generator, state
 
 
 def evaluate_in_session(session, generator, args):
@@ -107,9 +138,11 @@ def evaluate_in_session(session, generator, args):
                                   autoencoder_steps=args.autoencoder_steps)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = config_parser(PROG, "FID, KID and the memorization audit of a generator, into MLflow.", default_config=None)
-    ap.add_argument("--run", required=True, help="an MLflow run id, a checkpoint (folder or .pt, local or s3://), or models:/...")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    add_config_arguments(ap, default_config=None, config_help="a preset name or a YAML path (default: the "
+                         f"checkpoint's own config, else {DEFAULT_PRESET})")
+    add_network_argument(ap, "--run", "the generator: an MLflow run id, a checkpoint (folder or .pt, local or s3://), "
+                         "or models:/<name>@<alias>, models:/<name>/<version>")
     ap.add_argument("--dataset", help="the ingested training dataset (default: the config's)")
     ap.add_argument("--samples", type=int, help="generated samples for FID/KID (default eval.fid_samples)")
     ap.add_argument("--audit-samples", type=int, help="samples audited for memorization (default eval.audit_samples)")
@@ -119,7 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", help="where this process evaluates with --workers 0 (default: cuda when there is a GPU)")
     ap.add_argument("--autoencoder-steps", type=int,
                     help="training steps of the audit's autoencoder (default eval.audit_autoencoder_steps)")
-    return run_command(PROG, lambda: evaluate_command(ap.parse_args(argv)))
+
+
+COMMAND = Command(PROG, "FID, KID and the memorization audit of a run, checkpoint or registered model",
+                  add_arguments, evaluate_command, check=require_network, config=evaluate_config,
+                  description="FID, KID and the memorization audit of a generator, into MLflow.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.steps.entrypoint import run_command
+from pipelines.steps.entrypoint import Command
 from pipelines.errors import PipelineError
 
 PROG = "dcgan fid"
@@ -95,8 +95,7 @@ def _save_stats_paths(ap: argparse.ArgumentParser, args) -> None:
         ap.error("--save-stats takes exactly one folder: dcgan fid --save-stats FOLDER OUT.npz")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("paths", nargs="+", metavar="PATH", help="image folder or .npz statistics file (two, or one with --save-stats)")
     ap.add_argument("--kid", action="store_true", help="also print KID (needs features: folders, or files written by --save-stats)")
     ap.add_argument("--save-stats", nargs="?", const=True, metavar="OUT",
@@ -111,19 +110,27 @@ def build_parser() -> argparse.ArgumentParser:
                          "default gan.fid.KID_FEATURES, 10000)")
     ap.add_argument("--kid-subsets", type=int, default=100)
     ap.add_argument("--kid-subset-size", type=int, default=1000)
-    return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
-    args = ap.parse_args(argv)
+def check_arguments(ap: argparse.ArgumentParser, args) -> None:
     if args.dims != FEATURE_DIMS:
         ap.error(f"--dims {args.dims} is not supported: FID here uses the {FEATURE_DIMS} pool3 features of "
                  "TF-Inception (pytorch-fid's default); drop --dims or pass --dims 2048")
     _save_stats_paths(ap, args)
     if not args.save_stats and len(args.paths) != 2:
         ap.error("give two paths (folders or .npz statistics files), or one folder with --save-stats OUT.npz")
-    return run_command(PROG, lambda: fid_command(args))
+
+
+COMMAND = Command(PROG, "FID (and KID) between two image folders or statistics files", add_arguments, fid_command,
+                  description=__doc__.split("\n\n")[0], check=check_arguments)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return COMMAND.parser()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

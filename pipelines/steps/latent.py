@@ -6,8 +6,8 @@
     dcgan latent forget     drop the feature maps that draw a marked object; before/after
 
 A *sample id* is a seed (sample id 12 is always the image of z = randn(seed=12)), or,
-with ``--z FILE`` (.npy or .pt, shape (N, latent_dim)), a row of that file. The model is
-a checkpoint (folder or .pt, local or s3://) or an MLflow URI such as
+with ``--z FILE`` (.npy or .pt, shape (N, latent_dim)), a row of that file. The generator
+(``--network``) is a checkpoint (folder or .pt, local or s3://) or an MLflow URI such as
 ``models:/dcgan-bedroom-generator@champion``. The maths lives in :mod:`gan.latent_space`.
 """
 
@@ -15,25 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-import torch
-from PIL import Image
-
-from gan import latent_space
-from gan.images import grid
-from gan.models import Generator
 from pipelines.errors import PipelineError
-from pipelines.records import tracking
-from pipelines.training.checkpoints import load_generator
-from gan.panels import grid_cells, hstack, label, marked_overlay, tile, upscaled, vstack
-from pipelines.config import PipelineConfig
-from pipelines.steps.entrypoint import run_command
-from pipelines.steps.id_ranges import parse_ranges
-from pipelines.cluster.storage import StorageError
+from pipelines.steps.entrypoint import (TRACKING_URI_HELP, Command, add_network_argument, preset_config,
+                                        require_network)
+from pipelines.steps.id_ranges import parse_expression, parse_ranges
+
+if TYPE_CHECKING:
+    import torch
+
+    from gan.models import Generator
+
+# torch, numpy, PIL and gan are imported inside the functions: `dcgan latent --help` loads none of them.
+PAPER_NOISE = 0.433  # gan.latent_space.PAPER_NOISE_SCALE, rounded: the paper's +-0.25 on U(-1, 1) z, on N(0, 1) z
 
 
 class LatentError(PipelineError, ValueError):
@@ -46,32 +42,13 @@ def parse_ids(spec: str) -> list[int]:
     return parse_ranges(spec, "sample id", LatentError)
 
 
-def parse_expression(expr: str) -> list[tuple[int, list[int]]]:
-    """'2,7,11 - 4,9,13 + 5,6,8' -> [(+1, [2,7,11]), (-1, [4,9,13]), (+1, [5,6,8])].
-    Operators stand alone between spaces (a range like 4-9 is part of an operand)."""
-    tokens = expr.split()
-    if not tokens:
-        raise LatentError("empty expression: write e.g. '2,7,11 - 4,9,13 + 5,6,8'")
-    terms, sign, expect_operand = [], 1, True
-    for tok in tokens:
-        if tok in "+-" and len(tok) == 1:
-            if expect_operand:
-                raise LatentError(f"'{expr}': two operators in a row; put spaces around + and - only between operands")
-            sign, expect_operand = (1 if tok == "+" else -1), True
-        else:
-            if not expect_operand:
-                raise LatentError(f"'{expr}': missing + or - before '{tok}' (operators need spaces around them)")
-            terms.append((sign, parse_ids(tok)))
-            expect_operand = False
-    if expect_operand:
-        raise LatentError(f"'{expr}' ends with an operator")
-    return terms
-
-
 class SampleZ:
     """Sample id -> z: a seed, or a row of a saved (N, latent_dim) file."""
 
     def __init__(self, latent_dim: int, z_file: str | None = None):
+        import numpy as np
+        import torch
+
         self.latent_dim = latent_dim
         self.table: torch.Tensor | None = None
         if z_file:
@@ -85,6 +62,8 @@ class SampleZ:
             self.table = table
 
     def __call__(self, ids: Sequence[int]) -> torch.Tensor:
+        from gan import latent_space
+
         if self.table is None:
             return latent_space.seeded_z(ids, self.latent_dim)
         bad = [i for i in ids if i >= len(self.table)]
@@ -94,10 +73,12 @@ class SampleZ:
 
 
 def load_model(uri: str, tracking_uri: str, device: str) -> Generator:
+    """G from a checkpoint or MLflow; a tracking server that is down is a one-line error already."""
+    from pipelines.cluster.storage import StorageError
+    from pipelines.training.checkpoints import load_generator
+
     try:
         return load_generator(uri, device, tracking_uri)
-    except tracking.TrackingUnavailable as e:
-        raise LatentError(str(e)) from None
     except (FileNotFoundError, StorageError) as e:
         raise LatentError(f"no checkpoint at {uri} ({e}): give a checkpoint folder or .pt file, "
                           "or a registered model such as models:/dcgan-synthetic-32px@champion") from None
@@ -111,16 +92,17 @@ def use_tracking(tracking_uri: str):
     before any work starts, with how to start one."""
     import mlflow
 
-    try:
-        tracking.configure(tracking_uri)
-    except tracking.TrackingUnavailable as e:
-        raise LatentError(str(e)) from None
+    from pipelines.records import tracking
+
+    tracking.configure(tracking_uri)  # TrackingUnavailable (a PipelineError): one line, how to start it
     return mlflow
 
 
 def log_latent_figures(files: Sequence[Path], tracking_uri: str, run: str, experiment: str, artifact_path: str) -> str:
     """Log ``files`` as artifacts of run ``run`` (an id, or 'new' for a fresh run in
     ``experiment``); returns the run id."""
+    from pipelines.records import tracking
+
     mlflow = use_tracking(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
     created = run == "new"
@@ -136,14 +118,21 @@ def log_latent_figures(files: Sequence[Path], tracking_uri: str, run: str, exper
 
 
 # ------------------------------------------------------------------ images
-@torch.no_grad()
 def render(generator: torch.nn.Module, z: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    import torch
+
     device = next(generator.parameters()).device
-    return torch.cat([generator(z[i:i + batch].to(device)).float().cpu() for i in range(0, len(z), batch)])
+    with torch.no_grad():
+        return torch.cat([generator(z[i:i + batch].to(device)).float().cpu() for i in range(0, len(z), batch)])
 
 
 # ---------------------------------------------------------------- commands
 def cmd_sheet(args, g, sample_z: SampleZ) -> list[Path]:
+    import numpy as np
+
+    from gan.images import grid
+    from gan.panels import grid_cells, label, upscaled
+
     ids = parse_ids(args.ids)
     images = render(g, sample_z(ids))
     nrow = args.nrow or int(np.ceil(np.sqrt(len(ids))))
@@ -163,6 +152,13 @@ def cmd_sheet(args, g, sample_z: SampleZ) -> list[Path]:
 
 
 def cmd_walk(args, g, sample_z: SampleZ) -> list[Path]:
+    import numpy as np
+    import torch
+
+    from gan import latent_space
+    from gan.images import grid
+    from gan.panels import grid_cells, upscaled
+
     ids = parse_ids(args.ids) if args.ids else list(range(len(sample_z.table) if sample_z.table is not None else 0))
     if len(ids) < 2:
         raise LatentError("a walk needs at least 2 keypoints: --ids 3,17,42 (seeds), or --z FILE with 2+ rows")
@@ -183,6 +179,14 @@ def cmd_walk(args, g, sample_z: SampleZ) -> list[Path]:
 
 
 def cmd_arithmetic(args, g, sample_z: SampleZ) -> list[Path]:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from gan import latent_space
+    from gan.images import grid
+    from gan.panels import hstack, upscaled, vstack
+
     terms = parse_expression(args.expression)
     groups = [(sign, sample_z(ids)) for sign, ids in terms]
     result = latent_space.arithmetic(groups)
@@ -214,6 +218,12 @@ def cmd_arithmetic(args, g, sample_z: SampleZ) -> list[Path]:
 
 def read_marks(args, resolution: int, feature_size: int) -> tuple[list[int], torch.Tensor, dict[int, list]]:
     """(sample ids, feature-grid masks (N, h, w), pixel boxes per id in generated-image pixels)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from gan import latent_space
+
     if bool(args.boxes) == bool(args.masks):
         raise LatentError("mark the object with exactly one of --boxes boxes.json or --masks FOLDER")
     boxes: dict[int, list] = {}
@@ -249,6 +259,12 @@ def read_marks(args, resolution: int, feature_size: int) -> tuple[list[int], tor
 
 
 def cmd_forget(args, g, sample_z: SampleZ) -> list[Path]:
+    import torch
+
+    from gan import latent_space
+    from gan.images import grid
+    from gan.panels import marked_overlay, tile, upscaled
+
     layer = args.layer or g.feature_layers[-1]
     probe, _ = latent_space.feature_activations(g, sample_z([0]), layer)
     ids, masks, boxes = read_marks(args, g.resolution, probe.shape[-1])
@@ -287,19 +303,20 @@ def cmd_forget(args, g, sample_z: SampleZ) -> list[Path]:
 COMMANDS = {"sheet": cmd_sheet, "walk": cmd_walk, "arithmetic": cmd_arithmetic, "forget": cmd_forget}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", required=True, help="checkpoint folder/.pt (local or s3://) or models:/<name>@<alias>")
+    add_network_argument(common, "--model", "the generator: a checkpoint folder/.pt (local or s3://) or "
+                         "models:/<name>@<alias>, models:/<name>/<version>")
     common.add_argument("--out", type=Path, help="folder for the images (default runs/latent/<command>)")
     common.add_argument("--z", help="a .npy/.pt file of z vectors (N, latent_dim): sample ids become its rows, not seeds")
     common.add_argument("--upscale", type=int, default=1, help="nearest-neighbour zoom of the saved images (e.g. 4 for 32x32 models)")
-    common.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    common.add_argument("--device", help="cpu, cuda, ... (default: cuda when there is a GPU)")
     common.add_argument("--mlflow-run", help="log the images to this MLflow run id ('new': a fresh run in --experiment)")
-    common.add_argument("--experiment", default=PipelineConfig().tracking.experiment, help="experiment for --mlflow-run new")
-    common.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the SQLite store under ./runs")
+    common.add_argument("--experiment", help="experiment for --mlflow-run new (default: $MLFLOW_EXPERIMENT_NAME, else "
+                        "the demo preset's tracking.experiment)")
+    common.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
 
-    ap = argparse.ArgumentParser(prog="dcgan latent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{sheet,walk,arithmetic,forget}")
     p = sub.add_parser("sheet", parents=[common], help="numbered samples to choose ids from")
     p.add_argument("--ids", default="0-63", help="sample ids to show, e.g. 0-63")
     p.add_argument("--nrow", type=int, help="images per row")
@@ -314,9 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("arithmetic", parents=[common], help="concept averages added and subtracted")
     p.add_argument("expression", help="operands are sample-id groups (three per concept in the paper): '2,7,11 - 4,9,13 + 5,6,8'")
     p.add_argument("--neighbours", type=int, default=8, help="noisy samples around the result")
-    p.add_argument("--noise", type=float, default=round(latent_space.PAPER_NOISE_SCALE, 3),
-                   help="U(-noise, noise) added to the result for its neighbours (default: the paper's +-0.25 on "
-                        "U(-1, 1) z, rescaled to N(0, 1) z)")
+    p.add_argument("--noise", type=float, default=PAPER_NOISE,
+                   help=f"U(-noise, noise) added to the result for its neighbours (default {PAPER_NOISE}: the paper's "
+                        "+-0.25 on U(-1, 1) z, rescaled to N(0, 1) z)")
     p.add_argument("--noise-seed", type=int, default=0)
 
     p = sub.add_parser("forget", parents=[common], help="drop the feature maps that draw a marked object")
@@ -329,28 +346,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render", help="sample ids to show before/after (default: the marked ones, up to 16)")
     p.add_argument("--nrow", type=int, help="images per row (default 8)")
     p.add_argument("--difference", action="store_true", help="add a row of |after - before| under each before/after pair")
-    return ap
 
 
 def latent_command(args) -> int:
-    tracking_uri = args.tracking_uri or PipelineConfig().tracking_uri()
+    from pipelines.records.registry import check_model_reference
+
+    cfg = preset_config(args)  # the demo preset's tracking, --tracking-uri and $MLFLOW_EXPERIMENT_NAME applied
+    tracking_uri, experiment = cfg.tracking_uri(), cfg.tracking.experiment
+    check_model_reference(args.network, tracking_uri)  # a models:/ reference, before anything else
     if args.upscale < 1:
         raise LatentError(f"--upscale must be >= 1, got {args.upscale}")
     if args.mlflow_run:
         use_tracking(tracking_uri)  # a server that is down fails here, before any work
-    g = load_model(args.model, tracking_uri, args.device)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    g = load_model(args.network, tracking_uri, device)
     args.out = args.out or Path("runs", "latent", args.command)
     args.out.mkdir(parents=True, exist_ok=True)
     files = COMMANDS[args.command](args, g, SampleZ(g.latent_dim, args.z))
     if args.mlflow_run:
-        run_id = log_latent_figures(files, tracking_uri, args.mlflow_run, args.experiment, f"latent/{args.command}")
+        run_id = log_latent_figures(files, tracking_uri, args.mlflow_run, args.experiment or experiment,
+                                    f"latent/{args.command}")
         print(f"logged {len(files)} images to MLflow run {run_id} ({tracking_uri}) under latent/{args.command}/")
     return 0
 
 
+def check_arguments(ap: argparse.ArgumentParser, args) -> None:
+    require_network(ap, args)
+    args.prog = f"{ap.prog} {args.command}"  # errors name the subcommand: dcgan latent walk: ...
+
+
+COMMAND = Command("dcgan latent", "latent walks, vector arithmetic and forgetting feature maps (the paper's section 6)",
+                  add_arguments, latent_command, description=__doc__, check=check_arguments, raw_description=True,
+                  config=preset_config)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(f"dcgan latent {args.command}", lambda: latent_command(args))
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The whole pipeline as one job: ingest -> train -> evaluate + audit -> register.
 
-    python -m pipelines.steps.run --config configs/demo.yaml [key=value ...]
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m pipelines.steps.run --config configs/smoke.yaml
+    python -m pipelines.steps.run --config demo [key=value ...]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m pipelines.steps.run --config smoke
 
 One MLflow run per pipeline run, with a nested run per step (ingest, train, evaluate).
 Tracking and storage are checked before any expensive work; a missing service stops
@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from pipelines.records import tracking
-from pipelines.config import PipelineConfig, load_config
-from pipelines.steps.entrypoint import config_parser, run_command
+from pipelines.steps.entrypoint import Command, add_config_arguments, preset_config
 
 if TYPE_CHECKING:
+    from pipelines.config import PipelineConfig
     from pipelines.driver.session import Session
 
 PROG = "dcgan run"
@@ -27,6 +26,7 @@ def record_ingest(session: Session, parent_id: str) -> None:
     """The dataset the session ensured, as the pipeline's ``ingest`` run (once per pipeline run)."""
     import mlflow
 
+    from pipelines.records import tracking
     from pipelines.records.lineage import log_dataset
 
     cfg, manifest = session.cfg, session.manifest
@@ -42,6 +42,7 @@ def record_ingest(session: Session, parent_id: str) -> None:
 def evaluate_step(session: Session, parent_id: str, generator) -> dict:
     from pipelines.evaluation.generator_eval import evaluate_generator, log_evaluation
     from pipelines.evaluation.pool import WorkerPool, workers_for
+    from pipelines.records import tracking
     from pipelines.records.lineage import log_dataset
 
     cfg, uri, manifest = session.cfg, session.tracking_uri, session.manifest
@@ -95,6 +96,7 @@ def pipeline(session: Session) -> dict:
 
     from pipelines.driver.provenance import git_commit
     from pipelines.driver.session import train
+    from pipelines.records import tracking
     from pipelines.records.lineage import log_dataset
     from pipelines.training.checkpoints import generator_from_state, load_state
 
@@ -135,15 +137,23 @@ def where_to_look(summary: dict) -> str:
         r = summary["registered"]
         alias = "champion" if r["champion"] else "challenger"
         lines.append(f"  model:       models:/{r['name']}/{r['version']} (alias {alias})")
-        lines.append(f"  samples:     dcgan generate --model models:/{r['name']}@{alias} -n 64 --out samples.png")
+        lines.append(f"  samples:     dcgan generate --network models:/{r['name']}@{alias} --seeds 0-63 --out samples.png")
     for k, v in summary.get("metrics", {}).items():
         lines.append(f"  {k}: {v:.4g}")
     return "\n".join(lines)
 
 
+def pipeline_command(args) -> None:
+    print(where_to_look(run_pipeline(preset_config(args))))
+
+
+COMMAND = Command(PROG, "the whole pipeline: ingest, train, evaluate, audit, register", add_config_arguments,
+                  pipeline_command, description="The whole pipeline: ingest, train, evaluate, register.",
+                  config=preset_config)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = config_parser(PROG, "The whole pipeline: ingest, train, evaluate, register.").parse_args(argv)
-    return run_command(PROG, lambda: print(where_to_look(run_pipeline(load_config(args.config, args.overrides)))))
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """`dcgan train`: distributed DCGAN training on Ray Train, in its own MLflow run.
 
-    python -m pipelines.steps.train --config configs/demo.yaml [key=value ...]
-    ray job submit --working-dir . -- python -m pipelines.steps.train --config configs/demo.yaml
+    python -m pipelines.steps.train --config demo [key=value ...]
+    ray job submit --working-dir . -- python -m pipelines.steps.train --config demo
 
 Without ``RAY_ADDRESS`` Ray starts in-process; ``ray job submit`` sets it for the job.
 The driver's sequence is :mod:`pipelines.driver.session`, the worker loop
@@ -11,8 +11,7 @@ again continues that run (:mod:`pipelines.driver.named_runs`).
 
 from __future__ import annotations
 
-from pipelines.config import load_config
-from pipelines.steps.entrypoint import config_parser, run_command
+from pipelines.steps.entrypoint import Command, add_config_arguments, preset_config
 
 PROG = "dcgan train"
 
@@ -20,15 +19,18 @@ PROG = "dcgan train"
 def train_command(args) -> int:
     from pipelines.driver.session import open_session, train
 
-    with open_session(load_config(args.config, args.overrides)) as session:
+    with open_session(preset_config(args)) as session:
         trained = train(session)
     print(f"[train] done. MLflow run {trained.run_id} at {session.tracking_uri}; last checkpoint: {trained.checkpoint}")
     return 0
 
 
+COMMAND = Command(PROG, "distributed DCGAN training on Ray Train", add_config_arguments, train_command,
+                  description="Distributed DCGAN training on Ray Train.", config=preset_config)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = config_parser(PROG, "Distributed DCGAN training on Ray Train.").parse_args(argv)
-    return run_command(PROG, lambda: train_command(args))
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":
