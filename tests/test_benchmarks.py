@@ -27,7 +27,7 @@ from tests.conftest import LSUN_ENV, find_lsun_sample
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_DIR = ROOT / "benchmarks"
-TIMEOUT_S = 420  # one tiny run, on a loaded machine; ~60 s on an idle 2-core one
+TIMEOUT_S = 480  # one tiny run; the longest (scale.py, scaling.py) took ~250 s with all running at load 16-20
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Case:
 
 
 CASES = {  # the Ray ones start in this order: the longest first
+    "scale.py": Case(("sizes", "stages"), ray=True),
     "scaling.py": Case(("plain_img_s", "ray1_img_s", "ray2_img_s", "ray1_vs_plain", "ray2_vs_ray1"), ray=True),
     "ingest.py": Case(("ingest_img_s", "limit_img_s", "ratio", "feed_img_s", "step_img_s", "feed_ratio",
                        "marginal_ratio", "stored"), lsun=True, ray=True),
@@ -52,6 +53,7 @@ HELPERS = {
     "plain_dcgan.py": "pytorch/examples' loop, which the benchmarks import; nothing to run",
     "gpu_kit.py": "writes the Inception weights' fp16 copy for a bare GPU box; measures nothing",
 }
+SCALE_STAGES = {"ingest", "audit_index", "near_dup_r0", "near_dup_r8", "reference_stats", "feed_startup", "evaluation"}
 RAY_STAGGER_S = 15
 
 
@@ -121,6 +123,7 @@ def test_every_benchmark_is_tested():
         assert "--tiny" not in (BENCHMARKS_DIR / name).read_text(), f"{name} has a tiny mode: test it in CASES"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_tiny_mode_prints_its_json(name, runs, request):
     if CASES[name].lsun:
@@ -140,4 +143,12 @@ def _generate_memory(result: dict) -> None:
     assert result["runs"] and all(r["rc"] == 0 and r["files"] == r["images"] for r in result["runs"]), result["runs"]
 
 
-CHECKS = {"generate_memory.py": _generate_memory}
+def _scale(result: dict) -> None:
+    assert set(result["stages"]) == SCALE_STAGES
+    for stage, row in result["stages"].items():
+        assert {"time_exponent", "driver_bytes_per_image", "points"} <= set(row), stage
+        assert [p["n"] for p in row["points"]] == result["sizes"] and len(result["sizes"]) >= 2, stage
+    assert all(p["bytes_written"] > 0 for p in result["stages"]["ingest"]["points"])
+
+
+CHECKS = {"generate_memory.py": _generate_memory, "scale.py": _scale}
