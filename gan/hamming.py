@@ -11,8 +11,10 @@ so each pair comes out once without a set of seen pairs.
 Cost. Keys and sorts: O((r + 1) N log N). Candidates: C = the sum over blocks of
 s (s - 1) / 2 over bucket sizes s. For codes whose bits look random, a block of B / (r + 1)
 bits has 2^(B / (r + 1)) buckets and C ~ (r + 1) N^2 / 2^(B / (r + 1) + 1): at B = 128,
-r = 8 (14-bit blocks), about 4.7 million candidates for N = 128k, against the 8.2
-billion pairs an exhaustive search compares. Buckets are uneven when many codes
+r = 8 (blocks of 14 and 15 bits), about 4 million candidates for N = 128k, against the 8.2
+billion pairs an exhaustive search compares. The audit's hashes are not that even (their
+bits are on for 36-49% of images): for 3,000 LSUN photos (autoencoder of 200 steps), r = 8
+gave 31,542 candidates, 0.7% of the 4.5 million pairs. Buckets are more uneven when many codes
 share block values (a dataset of near-identical images, biased code bits); in the
 worst case - every code in one bucket of every block - C reaches (r + 1) N^2 / 2.
 The search therefore counts C first (from the bucket sizes, before any pair exists)
