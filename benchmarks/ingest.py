@@ -18,6 +18,10 @@ ingest_marginal_img_s, limit_marginal_img_s, marginal_ratio: each side's rate pe
 Ingest and limit alternate in rounds and the medians are reported (and the median of
 the per-round ratios), so load from other processes hits both alike. Ray's workers run at the pool's priority (niceness
 0; Ray's default is 15, reported separately as ``ratio_at_default_niceness``).
+``--tiny``: the same rounds on 24 photos (one round, one feed epoch, one step, a warm-up
+of 8): every code path but the round at Ray's default niceness (a second Ray start; its
+keys are null), mostly Ray's start-up; measures nothing.
+
 Prints progress, then one JSON object last.
 """
 
@@ -41,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipelines.dataset.decode import decode_square  # noqa: E402
 
-LSUN = ROOT.parent / "shared" / "data" / "lsun-bedroom" / "images"
+LSUN = Path(os.environ.get("DCGAN_LSUN_SAMPLE") or ROOT.parent / "shared" / "data" / "lsun-bedroom" / "images")
 
 
 def _decode_files(paths: list[str], resolution: int) -> int:
@@ -155,9 +159,13 @@ def main(argv=None):
     ap.add_argument("--feed-epochs", type=int, default=3)
     ap.add_argument("--shuffle-buffer", type=int, default=1024)
     ap.add_argument("--step-iters", type=int, default=8)
+    ap.add_argument("--warm-up", type=int, default=400, help="images ingested to start Ray's workers before timing")
+    ap.add_argument("--tiny", action="store_true", help="24 photos, one round: runs in seconds, measures nothing")
     ap.add_argument("--measure-limit", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the limit (all cores)")
     args = ap.parse_args(argv)
+    if args.tiny:
+        vars(args).update(images=24, rounds=1, batch=8, feed_epochs=1, shuffle_buffer=16, step_iters=1, warm_up=8)
     files = sorted(str(p) for p in LSUN.glob("*.jpg"))[: args.images]
     if args.measure_limit:
         print(json.dumps({"limit_img_s": limit_rate(files, args.resolution, args.workers)}))
@@ -182,13 +190,17 @@ def main(argv=None):
             os.environ.pop("RAY_worker_niceness", None)
         else:
             os.environ["RAY_worker_niceness"] = niceness
-        ray.init(address="local", num_cpus=cores, include_dashboard=False, logging_level="ERROR")
+        # The project's local start: its workers know its address, so Ray Train's placement-group
+        # cleaner (feed_rate) does not fail on a machine where another Ray instance runs.
+        from pipelines.cluster.connect import start_local_ray
+
+        start_local_ray(num_cpus=cores, logging_level="ERROR")
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = False
         from pipelines.dataset.ingestion import ingest
 
-        ingest(str(source), str(work / "warm"), args.resolution, limit=400, progress=False)  # starts the workers
+        ingest(str(source), str(work / "warm"), args.resolution, limit=args.warm_up, progress=False)  # starts the workers
         shutil.rmtree(work / "warm")
 
     def round_pair(label: str, images: int | None = None) -> tuple[float, float, dict]:
@@ -199,7 +211,7 @@ def main(argv=None):
               f"{len(manifest['shards'])} shards)", flush=True)
         return limit, rate, manifest
 
-    print(f"warm-up: ingest of 400 images on {cores} cores (Ray workers at niceness 0)", flush=True)
+    print(f"warm-up: ingest of {args.warm_up} images on {cores} cores (Ray workers at niceness 0)", flush=True)
     start_ray("0")
     try:
         limits, ingests, small_limits, small_ingests = [], [], [], []
@@ -218,12 +230,14 @@ def main(argv=None):
                          str(work / "train"))
     finally:
         ray.shutdown()
-    print("Ray's default worker niceness (15), one round", flush=True)
-    start_ray(None)
-    try:
-        default_limit, default_rate, _ = round_pair("default niceness")
-    finally:
-        ray.shutdown()
+    default_limit = default_rate = None
+    if not args.tiny:
+        print("Ray's default worker niceness (15), one round", flush=True)
+        start_ray(None)
+        try:
+            default_limit, default_rate, _ = round_pair("default niceness")
+        finally:
+            ray.shutdown()
     step = step_rate(args.batch, args.resolution, args.step_iters)
     print(f"training step: {step:.1f} img/s", flush=True)
     ingest_img_s, limit_img_s = statistics.median(ingests), statistics.median(limits)
@@ -245,8 +259,8 @@ def main(argv=None):
         "marginal_ratio": round(ingest_marginal / limit_marginal, 3),
         "ratio_paired_median": round(statistics.median(i / l for i, l in zip(ingests, limits)), 3),
         "ray_worker_niceness": 0,
-        "ratio_at_default_niceness": round(default_rate / default_limit, 3),
-        "ingest_img_s_default_niceness": round(default_rate, 1),
+        "ratio_at_default_niceness": round(default_rate / default_limit, 3) if default_rate else None,
+        "ingest_img_s_default_niceness": round(default_rate, 1) if default_rate else None,
         "images": len(files),
         "stored": manifest["count"],
         "duplicates": manifest["duplicates"],
@@ -259,6 +273,7 @@ def main(argv=None):
         "batch": args.batch,
         "shuffle_buffer": args.shuffle_buffer,
         "cores": cores,
+        "tiny": args.tiny,
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "cpu": platform.processor() or platform.machine(),
     }))

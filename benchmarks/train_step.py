@@ -6,6 +6,8 @@ pytorch/examples' dcgan/main.py does it (BCELoss on a sigmoid, one G forward
 reused for both updates, D gradients computed and thrown away in the G step).
 Both run in the same process, alternating in rounds, so drift hits both alike.
 
+``--tiny``: one round of one iteration at batch 4, in seconds: a check that it runs.
+
 Prints progress lines, then as its last line one JSON object:
   {"project_img_s", "plain_img_s", "ratio", ...}
 """
@@ -63,7 +65,10 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=6, help="iterations per round per contender")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true", help="one round of one iteration at batch 4: runs in seconds, measures nothing")
     args = ap.parse_args(argv)
+    if args.tiny:
+        args.rounds, args.iters, args.batch = 1, 1, 4
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -71,7 +76,7 @@ def main(argv=None):
     options = step_options(device)
     contenders = {"plain": plain_loop(device, args.batch), "project": project_step(device, args.batch, options)}
     for fn in contenders.values():  # warm-up (allocator, kernels, autotuning)
-        measure(fn, batches, 2)
+        measure(fn, batches, 1 if args.tiny else 2)
     rates = {name: [] for name in contenders}
     for r in range(args.rounds):
         for name, fn in contenders.items():
@@ -88,6 +93,7 @@ def main(argv=None):
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
+        "tiny": args.tiny,
     }
     print(json.dumps(result))
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gan.hamming import near_duplicate_labels
 from gan.images import to_pixel_scale
 
 VIEW_SIZE = 32
@@ -276,46 +277,21 @@ def audit_grid_images(samples: np.ndarray, neighbours: np.ndarray) -> np.ndarray
 # --------------------------------------------------------------------------- de-duplication
 
 
-def near_duplicate_clusters(bits: np.ndarray, radius: int = 0, chunk: int = 4096) -> list[list[int]]:
+def near_duplicate_clusters(bits: np.ndarray, radius: int = 0) -> list[list[int]]:
     """Groups (size >= 2) of training images whose hashes are within ``radius`` bits.
 
-    radius 0 (the paper's de-duplication) is a dictionary pass, linear in N. A
-    radius above 0 links every pair within it (transitively, union-find) from
-    blocked pairwise distances: O(N^2 / chunk) matmuls, for up to ~10^6 images.
+    Radius 0 (the paper's de-duplication) groups identical hashes by sorting, linear in N
+    but for the sort. A radius above 0 links every pair within it (transitively: the
+    connected components) found by multi-index hashing (:mod:`gan.hamming`), which
+    compares only hashes that agree exactly on one of ``radius + 1`` blocks of bits; see
+    there for the cost and its worst case (never more than every pair once).
     Clusters are sorted by their smallest index; members ascending.
     """
-    bits = np.asarray(bits, bool)
-    n = len(bits)
-    if radius == 0:
-        groups: dict[bytes, list[int]] = {}
-        for i, key in enumerate(pack_bits(bits)):
-            groups.setdefault(key.tobytes(), []).append(i)
-        clusters = [g for g in groups.values() if len(g) > 1]
-        return sorted(clusters, key=lambda g: g[0])
-
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    nbits = bits.shape[1]
-    for a in range(0, n, chunk):
-        qa = _signs(bits[a:a + chunk])
-        for b in range(a, n, chunk):
-            d = (nbits - qa @ _signs(bits[b:b + chunk]).T) / 2
-            ii, jj = torch.nonzero(d <= radius, as_tuple=True)
-            for i, j in zip((ii + a).tolist(), (jj + b).tolist()):
-                if i < j:
-                    ri, rj = find(i), find(j)
-                    if ri != rj:
-                        parent[max(ri, rj)] = min(ri, rj)
-    roots: dict[int, list[int]] = {}
-    for i in range(n):
-        roots.setdefault(find(i), []).append(i)
-    return sorted((g for g in roots.values() if len(g) > 1), key=lambda g: g[0])
+    labels = near_duplicate_labels(np.asarray(bits, bool), radius)
+    order = np.lexsort((np.arange(len(labels)), labels))
+    cuts = np.flatnonzero(np.diff(labels[order])) + 1
+    groups = [g.tolist() for g in np.split(order, cuts) if len(g) > 1]
+    return sorted(groups, key=lambda g: g[0])
 
 
 def duplicates_to_drop(clusters: list[list[int]]) -> list[int]:
