@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:<24} {results[name]:.3f} s", file=sys.stderr, flush=True)
     summary = {"benchmark": "cli_help", "python_startup_s": round(python, 3), "seconds": results,
                "slowest": max(results, key=results.get), "max_s": max(results.values()), "repeat": repeat,
-               "load_average": os.getloadavg()[0], "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+               "load_average": os.getloadavg()[0], "when": time.strftime("%Y-%m-%d %H:%M:%S"), "tiny": args.tiny}
     print(json.dumps(summary))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2))
