@@ -69,7 +69,8 @@ def test_two_workers_batch_b_equal_one_worker_batch_2b(ray_local, tmp_path, sync
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    cfg = load_config("smoke", [f"train.sync_batchnorm={sync_batchnorm}", "train.channels_last=off"])
+    # Batch norm in D is what this compares (the default recipe has none there: spectral norm).
+    cfg = load_config("smoke", [f"train.sync_batchnorm={sync_batchnorm}", "train.channels_last=off", "model.d_norm=batch"])
     torch.manual_seed(1)
     images = torch.rand(16, 3, 32, 32) * 2 - 1
     z = torch.randn(16, cfg.model.latent_dim, 1, 1)
