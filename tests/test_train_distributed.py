@@ -178,6 +178,9 @@ def test_a_killed_run_ends_with_the_weights_of_an_uninterrupted_one(ray_local, t
     if workers == 1:
         common += ["model.d_norm=spectral", "train.discriminator_loss=hinge", "train.generator_loss=hinge",
                    "train.augment=color,translation,cutout", "train.hflip=true"]
+    else:  # the paper's recipe: batch norm's running statistics across a resumed DDP group
+        common += ["model.d_norm=batch", "train.discriminator_loss=cross_entropy",
+                   "train.generator_loss=non_saturating", "train.augment="]
     clean_cfg = smoke(tmp_path / "clean", dataset, *common)
     clean = train.fit(clean_cfg, run_name=unique_run_name(clean_cfg))
     killed_cfg = smoke(tmp_path / "killed", dataset, *common, "train.fail_at_iteration=7", "scaling.max_failures=2")
