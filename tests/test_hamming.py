@@ -84,15 +84,20 @@ def codes():
     return planted_codes(20_000, max(RADII))
 
 
-@pytest.mark.parametrize("radius", RADII)
-def test_multi_index_hashing_finds_exactly_the_exhaustive_pairs(codes, radius):
-    bits, planted = codes
+def _both_searches(bits, radius):
+    """(multi-index pairs, its seconds, exhaustive pairs, its seconds)."""
     start = time.perf_counter()
     fast = pairs_within_radius(bits, radius)
     fast_s = time.perf_counter() - start
     start = time.perf_counter()
     slow = exhaustive_pairs(bits, radius)
-    slow_s = time.perf_counter() - start
+    return fast, fast_s, slow, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("radius", RADII)
+def test_multi_index_hashing_finds_exactly_the_exhaustive_pairs(codes, radius):
+    bits, planted = codes
+    fast, fast_s, slow, slow_s = _both_searches(bits, radius)
     print(f"\nN={len(bits)} r={radius}: multi-index {fast_s:.2f} s ({len(fast)} pairs, "
           f"{candidate_count(bits, radius) if radius else 'exact keys'} candidates), exhaustive {slow_s:.2f} s")
     assert np.array_equal(fast, slow)
@@ -142,11 +147,6 @@ def test_small_chunks_and_edge_cases():
 def test_print_times_at_a_few_sizes(n):
     """Timing, printed (-s), not asserted: multi-index hashing vs the exhaustive search at r = 8."""
     bits = np.random.default_rng(n).random((n, CODE_BITS)) < 0.5
-    start = time.perf_counter()
-    fast = pairs_within_radius(bits, DEFAULT_RADIUS)
-    fast_s = time.perf_counter() - start
-    start = time.perf_counter()
-    slow = exhaustive_pairs(bits, DEFAULT_RADIUS)
-    slow_s = time.perf_counter() - start
+    fast, fast_s, slow, slow_s = _both_searches(bits, DEFAULT_RADIUS)
     print(f"\nN={n} r={DEFAULT_RADIUS}: multi-index {fast_s:.3f} s, exhaustive {slow_s:.2f} s")
     assert np.array_equal(fast, slow)
