@@ -39,14 +39,16 @@ def _run(argv, cwd, env=None, timeout=600):
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A fresh venv (outside the repository) with the project's wheel installed; its bin folder."""
+    import importlib.metadata
     import importlib.util
 
-    import setuptools
-
-    major, minor = (int(x) for x in setuptools.__version__.split(".")[:2])
+    # Its version from the metadata: importing setuptools here would clash with a distutils
+    # that an earlier test's import already loaded from the standard library.
+    version = importlib.metadata.version("setuptools")
+    major, minor = (int(x) for x in version.split(".")[:2])
     if (major, minor) < (70, 1) and importlib.util.find_spec("wheel") is None:
         pytest.skip(f"building the wheel offline needs setuptools >= 70.1 (or the wheel package) in this venv; "
-                    f"it has setuptools {setuptools.__version__}: pip install -c constraints.txt setuptools")
+                    f"it has setuptools {version}: pip install -c constraints.txt setuptools")
     tmp = tmp_path_factory.mktemp("package")
     source = tmp / "source"  # a copy, so the build leaves no build/ or egg-info in the checkout
     source.mkdir()
