@@ -168,6 +168,34 @@ class MultiNode:
         wait_until(lambda: self.node_id(name) is None, 120, f"Ray noticing {name} is gone")
         return pids
 
+    def lose_head(self) -> list[str]:
+        """The head node lost with everything on it, as when its pod is deleted: every process
+        started from it (GCS, raylet, dashboard, the job supervisors, and the job drivers they
+        start in sessions of their own) SIGKILLed at once. The worker nodes go with it: without
+        GCS fault tolerance (no Redis here, none in infra/k8s) a raylet cannot outlive its GCS,
+        and KubeRay restarts the worker pods as well. Returns the worker nodes' names."""
+        services = [self.head, *self.nodes.values()]
+        pids = {pid for service in services for pid in _tree_pids(service.pid)}
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for service in services:
+            service.process.wait()
+        wait_until(lambda: not [p for p in pids if _alive(p)], 20, "every process of the head and its nodes gone",
+                   every=0.1)
+        names = list(self.nodes)
+        self.nodes.clear()
+        return names
+
+    def restart_head(self, nodes: list[str]) -> None:
+        """The head again on the same ports (the address users hold stays valid), then ``nodes``."""
+        self.head.start()
+        wait_until(lambda: self.node_id("head"), 180, "Ray head answering again")
+        for name in nodes:
+            self.add_node(name)
+
     def train_workers(self) -> list[tuple[str, int]]:
         """(node id, pid) of every Ray Train worker actor the cluster has seen, dead or alive."""
         return [(a["node_id"], a.get("pid")) for a in self.state("actors", class_name="RayTrainWorker")]
@@ -222,6 +250,34 @@ def _group_pids(pgid: int) -> list[int]:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 pids.append(int(proc.name))
     return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _tree_pids(root: int) -> list[int]:
+    """The live processes descended from ``root`` or in its process group, root included: a
+    process that moved to a session of its own (a Ray job's driver) is still its descendant."""
+    parent, group = {}, {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if fields[0] != "Z":
+                parent[int(proc.name)], group[int(proc.name)] = int(fields[1]), int(fields[2])
+    tree = {pid for pid, pgid in group.items() if pgid == root} | ({root} & parent.keys())
+    grew = True
+    while grew:
+        more = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sorted(tree)
 
 
 def _auth_header() -> dict[str, str]:

@@ -103,6 +103,14 @@ def test_a_copier_is_registered_but_never_champion(dataset, tmp_path):
         results[name] = result
         assert {f"fid_heldout_{HELD}", f"precision_{HELD}", f"recall_{HELD}", f"coverage_{HELD}"} <= set(result.metrics)
     assert results["copier"].copying["copying"] and not results["honest"].copying["copying"]
+    assert results["copier"].metrics["copying_reference_coverage"] == 1.0  # every training image compared
+    # Capped (eval.reference_images): the report says how much of the training set the
+    # nearest-neighbour audit saw, so how much of a copier it can catch.
+    capped = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"reference_images": HELD})})
+    coverage = evaluate_generator(copier, cfg.dataset_uri, capped, manifest=manifest, out_dir=tmp_path / "capped",
+                                  progress=False).copying["reference_coverage"]
+    assert coverage["compared"] == HELD and coverage["training_images"] == N - HELD
+    assert coverage["fraction"] == pytest.approx(HELD / (N - HELD), abs=1e-6) and "hash audit" in coverage["note"]
     assert "copying" in results["copier"].grids  # the closest sample/training pairs, for MLflow
 
     # Registration logs a real G of the same shape (the stand-ins hold photos, not weights);

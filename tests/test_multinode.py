@@ -107,6 +107,18 @@ def _every_step_once(client, run, iterations: int) -> None:
         assert _steps(client, run.info.run_id, key) == list(range(1, iterations + 1)), f"{key}: gap or duplicate"
 
 
+def _same_weights_as_uninterrupted(uninterrupted, run) -> None:
+    _, ref_run, _ = uninterrupted
+    a, b = _state(ref_run.data.tags["checkpoint"]), _state(run.data.tags["checkpoint"])
+    assert a["iteration"] == b["iteration"] == ITERATIONS and a["data_position"] == b["data_position"]
+    for net in ("generator", "discriminator"):
+        for key, value in a[net].items():
+            if value.is_floating_point():
+                assert torch.allclose(value, b[net][key], rtol=1e-6, atol=0), f"{net}.{key} differs after the loss"
+            else:
+                assert torch.equal(value, b[net][key]), f"{net}.{key} differs after the loss"
+
+
 # ----------------------------------------------------------------------------- the whole pipeline, submitted
 
 
@@ -204,15 +216,7 @@ def test_a_node_lost_in_training_resumes_from_s3_and_ends_with_the_uninterrupted
     nodes = {node for node, _ in cluster.train_workers()}
     assert {on_b, cluster.node_id("node_c")} <= nodes, "the run did not train on node_b, then on node_c"
 
-    ref_client, ref_run, _ = uninterrupted
-    a, b = _state(ref_run.data.tags["checkpoint"]), _state(run.data.tags["checkpoint"])
-    assert a["iteration"] == b["iteration"] == ITERATIONS and a["data_position"] == b["data_position"]
-    for net in ("generator", "discriminator"):
-        for key, value in a[net].items():
-            if value.is_floating_point():
-                assert torch.allclose(value, b[net][key], rtol=1e-6, atol=0), f"{net}.{key} differs after the loss"
-            else:
-                assert torch.equal(value, b[net][key]), f"{net}.{key} differs after the loss"
+    _same_weights_as_uninterrupted(uninterrupted, run)
 
 
 def _expected_content_hash(files: list[Path], resolution: int) -> tuple[str, int]:
@@ -294,6 +298,73 @@ def test_a_local_folder_that_a_node_does_not_see_is_refused_in_seconds(cluster, 
         assert out.returncode == 0 and "every node sees it" in out.stdout, out.stderr[-4000:]
     finally:
         cluster.lose_node("node_private")  # gone before the next test trains on `trainer` nodes
+
+
+# ----------------------------------------------------------------------------- a named job: driver, then head, lost
+
+
+def _checkpoint_iterations(cluster, name: str) -> list[int]:
+    keys = [k for k in cluster.s3_keys(f"{name}/checkpoints/") if k.endswith("/checkpoint.pt")]
+    return sorted(_state(f"s3://{cluster.bucket}/{k.rsplit('/', 1)[0]}")["iteration"] for k in keys)
+
+
+def _job_drivers(name: str) -> list[int]:
+    """PIDs of the Python driver of the named job (not the `ray job submit` client, nor the
+    shell the job supervisor runs it in)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if argv and b"python" in argv[0] and b"pipelines.steps.train" in argv and f"train.run_name={name}".encode() in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_named_job_continues_when_submitted_again_after_its_driver_then_its_head_node_is_lost(cluster, uninterrupted):
+    """`ray job submit` of a named training run; its driver SIGKILLed (the head kept), the same
+    command submitted again; later the head node lost, the head started again, the same command
+    submitted a third time. Nothing else is done by hand: the run ends at its last iteration
+    with every metric step once in one MLflow run and the weights of the uninterrupted run."""
+    name = "named-job"
+    command = ["ray", "job", "submit", "--", "python", "-m", "pipelines.steps.train",
+               *_train_args(cluster, name, *TWO_NODES, f"train.run_name={name}")]
+
+    def submit(attempt: int) -> subprocess.Popen:
+        out = open(cluster.tmp / f"{name}-{attempt}.log", "wb")
+        return subprocess.Popen(command, env=cluster.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                start_new_session=True)
+
+    first = submit(1)
+    _first_checkpoint(cluster, name, first)
+    (driver,) = wait_until(lambda: _job_drivers(name), 30, "the job's driver process")
+    os.kill(driver, 9)  # the driver alone: the head and the worker nodes stay
+    first.wait(timeout=120)
+    assert first.returncode != 0, cluster.log(f"{name}-1.log")[-4000:]
+    done_before = max(_checkpoint_iterations(cluster, name))
+    assert done_before < ITERATIONS, "the first job was over before its driver was lost"
+
+    second = submit(2)
+    wait_until(lambda: second.poll() is None and [i for i in _checkpoint_iterations(cluster, name) if i > done_before],
+               400, f"{name}: a checkpoint after the relaunch", every=0.5)
+    log = cluster.log(f"{name}-2.log")
+    assert f"continuing run '{name}'" in log and f"resumed at iteration {done_before}" in log, log[-4000:]
+    nodes = cluster.lose_head()
+    second.wait(timeout=120)
+    assert max(_checkpoint_iterations(cluster, name)) < ITERATIONS, "the second job was over before the head was lost"
+    cluster.restart_head(nodes)
+
+    third = submit(3)
+    log = _finish(cluster, f"{name}-3", third, timeout=900)
+    assert third.returncode == 0 and "succeeded" in log, log[-6000:]
+    assert f"continuing run '{name}'" in log and "resumed at iteration" in log, log[-4000:]
+
+    client, run = _train_run(cluster, name)
+    _every_step_once(client, run, ITERATIONS)
+    resumed = [m.value for m in client.get_metric_history(run.info.run_id, "resumed_at_iteration")]
+    assert len(resumed) == 2 and resumed[0] == done_before and resumed[0] < resumed[1] < ITERATIONS, resumed
+    _same_weights_as_uninterrupted(uninterrupted, run)
 
 
 # ----------------------------------------------------------------------------- last: MLflow gone for good

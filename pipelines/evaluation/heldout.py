@@ -51,11 +51,14 @@ def heldout_evaluation(reference: ReferenceStats, stats: fid.FeatureStats, featu
     audited = features[:len(images)]  # the samples whose pixels are at hand, for the grid
     result = copying_audit(audited, reference.features, heldout.features, thresholds, device=device)
     m = len(audited)
+    coverage = reference_coverage(len(reference.features), manifest)
     metrics |= {metric_key("copying_fraction_below_p1", m): result.report["fraction_below_heldout_p1"],
                 metric_key("copying_median_ratio", m): result.report["median_ratio"],
-                metric_key("copying", m): float(result.copying)}
+                metric_key("copying", m): float(result.copying), "copying_reference_coverage": coverage["fraction"]}
+    if coverage["fraction"] < 1 and progress:
+        print(f"[evaluate] {coverage['note']}", flush=True)
     report = result.report | {"manifold": manifold.to_dict(), "heldout_images": heldout.stats.count,
-                              "training_features": len(reference.features)}
+                              "training_features": len(reference.features), "reference_coverage": coverage}
     pairs = result.pairs[:COPYING_GRID_PAIRS]
     if not pairs or len(reference.feature_rows) != len(reference.features):
         return metrics, report, None
@@ -66,3 +69,17 @@ def heldout_evaluation(reference: ReferenceStats, stats: fid.FeatureStats, featu
     path = out_dir / f"copying-{sample_tag(m)}.png"
     Image.fromarray(grid).save(path)
     return metrics, report, path
+
+
+def reference_coverage(compared: int, manifest: dict) -> dict:
+    """How much of the training set the copying audit compares samples with: a sample
+    copied from a training image outside those ``compared`` (eval.reference_images, then
+    KID's cap) has only unrelated images to be near, and is seen as a new image. The
+    paper's hash audit (:mod:`gan.memorization`) compares against every training image."""
+    training = int(manifest.get("holdout", {}).get("train_images", manifest["count"]))
+    fraction = min(1.0, compared / training) if training else 1.0
+    note = (f"copying audit: nearest neighbours among {compared:,} of {training:,} training images "
+            f"({fraction:.2%}): it sees about that fraction of a copier's copies (raise eval.reference_images "
+            "to widen it); the hash audit compares with all of them")
+    return {"compared": compared, "training_images": training, "fraction": round(fraction, 6), "note": note}
+
