@@ -42,6 +42,11 @@ def holdout_key(content_hash: str) -> int:
     return int.from_bytes(hashlib.sha256(_DOMAIN + content_hash.encode()).digest()[:8], "big")
 
 
+def holdout_keys(hashes: Iterable[str]) -> np.ndarray:
+    """Every hash's holdout key as one uint64 array (8 bytes an image; no list of ints)."""
+    return np.fromiter((holdout_key(h) for h in hashes), np.uint64)
+
+
 def validate_holdout(holdout) -> float | int:
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float, np.integer, np.floating)):
         raise ValueError(f"holdout must be a fraction in (0, 1) or a count >= 0 of images, got {holdout!r}")
@@ -77,17 +82,31 @@ class Holdout:
             return cls(0, 0)
         if hashes is None:
             raise ValueError(f"a holdout count ({spec}) needs every image's content hash: pass hashes=...")
-        keys = sorted({holdout_key(h) for h in hashes})
+        return cls.from_keys(spec, holdout_keys(hashes))
+
+    @classmethod
+    def from_keys(cls, holdout: float | int, keys: np.ndarray) -> "Holdout":
+        """:meth:`resolve` from every image's key (:func:`holdout_keys`), held as one array."""
+        spec = validate_holdout(holdout)
+        if isinstance(spec, float) or spec == 0:
+            return cls.resolve(spec)
+        keys = np.unique(keys)  # sorted
         if spec >= len(keys):
             raise ValueError(f"holdout count {spec} leaves nothing to train on: the dataset has {len(keys)} distinct images")
-        return cls(spec, keys[spec])  # the spec smallest keys are < keys[spec]
+        return cls(spec, int(keys[spec]))  # the spec smallest keys are < keys[spec]
 
     def __call__(self, content_hash: str) -> bool:
         return holdout_key(content_hash) < self.cutoff
 
     def mask(self, hashes: Iterable[str]) -> np.ndarray:
         """bool array: True where held out."""
-        return np.fromiter((self(h) for h in hashes), bool)
+        return self.mask_keys(holdout_keys(hashes))
+
+    def mask_keys(self, keys: np.ndarray) -> np.ndarray:
+        """bool array from the images' keys: True where held out."""
+        if self.cutoff >= KEY_SPACE:
+            return np.ones(len(keys), bool)
+        return np.asarray(keys, np.uint64) < np.uint64(self.cutoff)
 
     def to_manifest(self) -> dict:
         """What the manifest records so every later step applies the same rule."""

@@ -317,7 +317,7 @@ def _job_drivers(name: str) -> list[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if argv and b"python" in argv[0] and b"pipelines.steps.train" in argv and f"train.run_name={name}".encode() in argv:
+        if argv[1:3] == [b"-m", b"pipelines.steps.train"] and f"train.run_name={name}".encode() in argv:
             pids.append(int(proc.name))
     return pids
 

@@ -44,6 +44,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.cluster import storage
 
@@ -67,12 +68,28 @@ def pixel_sha256(pixels: bytes | np.ndarray) -> str:
     return hashlib.sha256(pixels.tobytes() if isinstance(pixels, np.ndarray) else pixels).hexdigest()
 
 
-def content_hash(pixel_hashes: Iterable[str]) -> str:
-    """SHA-256 over the sorted hex pixel hashes, one per line: order- and key-independent."""
+def content_hash(pixel_hashes: Iterable[str] | pa.Array | pa.ChunkedArray) -> str:
+    """SHA-256 over the sorted hex pixel hashes, one per line: order- and key-independent.
+
+    An Arrow column is sorted by Arrow and read in slices, so no Python string per
+    image is ever held (a dataset's millions of hashes stay in Arrow's buffers)."""
     digest = hashlib.sha256()
+    if isinstance(pixel_hashes, (pa.Array, pa.ChunkedArray)):
+        ordered = pixel_hashes.take(pc.sort_indices(pixel_hashes))
+        for piece in iter_strings(ordered):
+            digest.update(("\n".join(piece) + "\n").encode("ascii"))
+        return digest.hexdigest()
     for h in sorted(pixel_hashes):
         digest.update(h.encode("ascii") + b"\n")
     return digest.hexdigest()
+
+
+def iter_strings(column: pa.Array | pa.ChunkedArray, rows: int = 16_384):
+    """Slices of an Arrow string column as lists of ``rows`` Python strings at most."""
+    for start in range(0, len(column), rows):
+        piece = column.slice(start, rows).to_pylist()
+        if piece:
+            yield piece
 
 
 def read_manifest(uri: str) -> dict:

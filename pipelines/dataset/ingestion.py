@@ -25,13 +25,15 @@ import threading
 import time
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.errors import PipelineError
 from pipelines.cluster import storage
 from pipelines.config import PipelineConfig
 from pipelines.dataset.format import (
-    FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, SHARD_SUFFIX, content_hash, read_columns, read_manifest, rows_per_shard,
+    FORMAT, IMAGE, KEY, MANIFEST, PIXEL_SHA256, SHARD_SUFFIX, content_hash, iter_strings, read_columns, read_manifest,
+    rows_per_shard,
 )
 from pipelines.dataset.ledger import IngestLedger, finish_batch
 from pipelines.dataset.reading import read_tasks
@@ -148,13 +150,16 @@ def _check_and_describe(out: str, src: Source, resolution: int, summary: dict, s
                         synthetic_images: int, synthetic_seed: int, holdout: float | int) -> dict:
     """Read the written shards back (every admitted image exactly once) and make the manifest."""
     shards = _shard_table(out)
-    hashes = read_columns(out, [PIXEL_SHA256]).column(PIXEL_SHA256).to_pylist()
-    if len(hashes) != summary["stored"] or len(set(hashes)) != len(hashes):
+    # In Arrow's buffers (about 70 bytes an image), never a Python string per image: at
+    # LSUN's 3M images a list and a set of them would take the driver ~500 MB.
+    hashes = read_columns(out, [PIXEL_SHA256]).column(PIXEL_SHA256)
+    stored, distinct = len(hashes), pc.count_distinct(hashes).as_py()
+    if stored != summary["stored"] or distinct != stored:
         raise IngestError(
-            f"the shards in {out} hold {len(hashes)} rows ({len(set(hashes))} distinct) but {summary['stored']} "
+            f"the shards in {out} hold {stored} rows ({distinct} distinct) but {summary['stored']} "
             "images were admitted; the output was changed during ingest or a write failed. Run ingest again."
         )
-    if not hashes:
+    if not stored:
         raise IngestError(
             f"no usable image in {src.description}: all {src.count} items were skipped "
             f"(first reasons: {[s['reason'] for s in summary['skipped'][:3]]})"
@@ -162,7 +167,7 @@ def _check_and_describe(out: str, src: Source, resolution: int, summary: dict, s
     return {
         "format": FORMAT,
         "resolution": resolution,
-        "count": len(hashes),
+        "count": stored,
         "content_hash": content_hash(hashes),
         "source": src.description,
         "source_kind": src.kind,
@@ -188,14 +193,16 @@ def recipe(source: str, limit: int | None, synthetic_images: int, synthetic_seed
     return out
 
 
-def holdout_entry(holdout: float | int, hashes: list[str]) -> dict:
+def holdout_entry(holdout: float | int, hashes: pa.Array | pa.ChunkedArray) -> dict:
     """The manifest's record of the held-out split (:mod:`gan.splits`): the rule every later
-    step applies to each image's ``pixel_sha256``, and how many images it holds out."""
-    from gan.splits import Holdout
+    step applies to each image's ``pixel_sha256``, and how many images it holds out.
+    ``hashes``: the Arrow column, read in slices (8 bytes of key an image)."""
+    from gan.splits import Holdout, holdout_keys
 
-    rule = Holdout.resolve(holdout, hashes)
-    held = int(rule.mask(hashes).sum())
-    return {**rule.to_manifest(), "images": held, "train_images": len(hashes) - held}
+    keys = holdout_keys(h for piece in iter_strings(hashes) for h in piece)
+    rule = Holdout.from_keys(holdout, keys)
+    held = int(rule.mask_keys(keys).sum())
+    return {**rule.to_manifest(), "images": held, "train_images": len(keys) - held}
 
 
 def ensure_dataset(cfg: PipelineConfig, progress: bool = True) -> dict:
@@ -241,8 +248,6 @@ def drop_near_duplicates(src: str, out: str, cfg: PipelineConfig, manifest: dict
     ``data.near_duplicate_radius`` bits. The first image of each cluster stays; the
     manifest lists every dropped key with the key it duplicates.
     """
-    import pyarrow.compute as pc
-
     from pipelines.evaluation.cache import near_duplicate_keys
 
     started = time.time()
@@ -250,7 +255,7 @@ def drop_near_duplicates(src: str, out: str, cfg: PipelineConfig, manifest: dict
                                    steps=cfg.eval.audit_autoencoder_steps, progress=progress)
     dropped = {key: cluster[0] for cluster in clusters for key in cluster[1:]}
     _prepare_output(out)
-    kept_hashes: list[str] = []
+    kept = []  # each shard's pixel_sha256 column (Arrow: no Python string per image)
     shards = []
     for shard in storage.list_files(src, SHARD_SUFFIX):
         fs, path = storage.filesystem(shard)
@@ -260,8 +265,9 @@ def drop_near_duplicates(src: str, out: str, cfg: PipelineConfig, manifest: dict
         out_fs, out_path = storage.filesystem(storage.join(out, name))
         out_fs.create_dir(out_path.rsplit("/", 1)[0], recursive=True)
         pq.write_table(table, out_path, filesystem=out_fs)
-        kept_hashes += table.column(PIXEL_SHA256).to_pylist()
+        kept.append(table.column(PIXEL_SHA256).combine_chunks())
         shards.append({"file": name, "rows": table.num_rows})
+    kept_hashes = pa.chunked_array(kept, pa.string())
     result = {**manifest, "count": len(kept_hashes), "content_hash": content_hash(kept_hashes), "shards": shards,
               "holdout": holdout_entry(cfg.data.holdout, kept_hashes),
               "recipe": wanted_recipe, "source": f"{manifest.get('source')} without near-duplicates", "derived_from": src,

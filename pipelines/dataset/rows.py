@@ -13,7 +13,7 @@ import numpy as np
 
 from pipelines.cluster import storage
 from gan.splits import Holdout
-from pipelines.dataset.format import IMAGE, KEY, PIXEL_SHA256, SHARD_SUFFIX, decode_images, read_manifest
+from pipelines.dataset.format import IMAGE, KEY, PIXEL_SHA256, SHARD_SUFFIX, decode_images, iter_strings, read_manifest
 from pipelines.errors import PipelineError
 
 ROWS_PER_CHUNK = 4096  # one task's share of a dataset: small enough to spread, large enough to amortise
@@ -107,8 +107,8 @@ def split_rows(dataset_uri: str, manifest: dict | None = None,
     chunks = dataset_chunks(dataset_uri, rows_per_chunk)
     if rule.cutoff == 0:
         return np.arange(chunks[-1].first + chunks[-1].rows), np.zeros(0, np.int64)
-    held = np.concatenate([rule.mask(_chunk_table(c, [PIXEL_SHA256]).column(PIXEL_SHA256).to_pylist())
-                           for c in chunks])
+    held = np.concatenate([rule.mask(h for piece in iter_strings(_chunk_table(c, [PIXEL_SHA256]).column(PIXEL_SHA256))
+                                     for h in piece) for c in chunks])
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
