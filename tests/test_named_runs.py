@@ -118,3 +118,23 @@ def test_a_named_run_launched_with_another_model_is_refused_and_left_untouched(w
     assert "Traceback" not in done.stdout + done.stderr
     assert record.read_bytes() == before
     assert sorted(p.name for p in (workdir / "runs" / "checkpoints" / "straight").iterdir()) == checkpoints
+
+
+def test_a_named_run_restores_the_newest_whole_checkpoint_when_rays_record_is_older(tmp_path):
+    """The driver lost between a checkpoint's upload and Ray registering it: Ray's record
+    names an older checkpoint (or none); the named run's folder has the newer one."""
+    from pipelines.config import load_config
+    from pipelines.training.loop import _newer, newest_of_named_run
+
+    cfg = load_config("smoke", [f"storage={tmp_path}", "train.run_name=raced"])
+    assert newest_of_named_run(cfg) is None  # nothing yet: a first launch
+    folder = tmp_path / "checkpoints" / "raced"
+    for stamp in ("2026-12-07_20-40-25.893363", "2026-12-07_20-41-10.364163"):
+        (folder / f"checkpoint_{stamp}").mkdir(parents=True)
+        (folder / f"checkpoint_{stamp}" / "checkpoint.pt").write_bytes(b"whole")
+    (folder / "checkpoint_2026-12-07_20-42-00.000000").mkdir()  # an upload that never finished
+    newest = newest_of_named_run(cfg)
+    assert newest == str(folder / "checkpoint_2026-12-07_20-41-10.364163" / "checkpoint.pt")
+    assert _newer(newest, str(folder / "checkpoint_2026-12-07_20-40-25.893363"))  # Ray's record is behind
+    assert not _newer(newest, str(folder / "checkpoint_2026-12-07_20-41-10.364163"))  # Ray's is the newest
+    assert newest_of_named_run(load_config("smoke", [f"storage={tmp_path}"])) is None  # unnamed: Ray's alone

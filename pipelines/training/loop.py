@@ -28,10 +28,11 @@ import torch
 from gan.adversarial import AdversarialStep, DataPosition, make_optimizers, unwrap
 from gan.ema import GeneratorEMA
 from gan.images import grid
+from pipelines.cluster import storage
 from pipelines.config import PipelineConfig
 from pipelines.records import tracking
 from pipelines.training import outages, reporting, stopping
-from pipelines.training.checkpoints import build_networks, load_state, save_state
+from pipelines.training.checkpoints import build_networks, load_state, newest_checkpoint_file, save_state
 from pipelines.training.distributed import convert_sync_batchnorm, ddp_kwargs, replica_divergence
 from pipelines.training.hardware import step_options
 from pipelines.training.worker import Worker, build_feed
@@ -137,13 +138,18 @@ def build_worker(loop_config: dict[str, Any]) -> Worker:
 
 
 def restore(worker: Worker, ray_checkpoint) -> None:
-    """Ray's checkpoint after a failure, else a checkpoint named by hand (``train.resume_from``)."""
+    """Ray's checkpoint after a failure, else a checkpoint named by hand (``train.resume_from``).
+
+    A named run (``train.run_name``) takes the newest whole checkpoint in its folder when
+    Ray's is older or missing: a driver lost between a checkpoint's upload and Ray
+    registering it leaves one that Ray's record does not list."""
     state = None
-    if ray_checkpoint is not None:
+    newest = newest_of_named_run(worker.cfg)
+    if ray_checkpoint is not None and not _newer(newest, ray_checkpoint.path):
         with ray_checkpoint.as_directory() as ckpt_dir:
             state = load_state(ckpt_dir)
-    elif worker.cfg.train.resume_from:
-        state = load_state(worker.cfg.train.resume_from)
+    elif newest or worker.cfg.train.resume_from:
+        state = load_state(newest or worker.cfg.train.resume_from)
     if state is None:
         return
     worker.g_bare.load_state_dict(state["generator"])
@@ -159,6 +165,21 @@ def restore(worker: Worker, ray_checkpoint) -> None:
     if worker.rank == 0:
         log.info(f"[train] resumed at iteration {worker.start} (epoch {worker.position.epoch}, "
                  f"batch {worker.position.batch})")
+
+
+def newest_of_named_run(cfg) -> str | None:
+    """The newest whole checkpoint (its checkpoint.pt) of a named run's folder, if any."""
+    if not cfg.train.run_name:
+        return None
+    newest = newest_checkpoint_file(storage.join(cfg.checkpoints_uri, cfg.train.run_name))
+    return newest if storage.exists(newest) else None
+
+
+def _newer(checkpoint_file: str | None, ray_path: str) -> bool:
+    """Whether checkpoint_file's folder (``checkpoint_<time>``) is newer than Ray's checkpoint folder."""
+    if not checkpoint_file:
+        return False
+    return checkpoint_file.rsplit("/", 2)[-2] > ray_path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def open_metrics(worker: Worker, loop_config: dict[str, Any]) -> None:
