@@ -22,8 +22,9 @@ COPY --chown=ray:users pipelines ./pipelines
 COPY --chown=ray:users tune ./tune
 # A normal install (the presets are package data, pipelines/presets); the source stays here
 # too, as the RayJob's working_dir. 'server' adds MLflow's auth app and the PostgreSQL
-# driver for the tracking server.
-RUN python -m pip install --no-cache-dir -c constraints.txt '.[server]'
+# driver for the tracking server; 'gpu' adds nvidia-ml-py, which GPU nodes' system metrics
+# (system/<Ray node id>/gpu_*) and the workers' GPU utilisation read NVML through.
+RUN python -m pip install --no-cache-dir -c constraints.txt '.[server,gpu]'
 
 ENV DCGAN_GIT_COMMIT=${DCGAN_GIT_COMMIT}
 LABEL org.opencontainers.image.title="dcgan-ray" \

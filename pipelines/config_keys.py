@@ -3,7 +3,8 @@
 loads back to the same config (``dcgan config show``).
 
 Everything here reads the pydantic models it is given, so the Field descriptions in
-:mod:`pipelines.config` stay the one place a key is documented.
+:mod:`pipelines.config` (and the sections beside it, :mod:`pipelines.config_sections`)
+stay the one place a key is documented.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ The Dockerfile, the README's install lines and .ci/run all install with
 ``-c constraints.txt``, so the image ships the versions the tests ran with. The pins are
 the installed versions of the project's dependency closure (its dependencies plus the
 ``server`` and ``test`` extras, followed through every installed package's own
-requirements for this platform, linux x86_64 like the image). After changing
-pyproject.toml, install into a venv and rewrite the file from it:
+requirements for this platform, linux x86_64 like the image), and the ``gpu`` extra the
+image adds: installed where there are GPUs, so its pins are kept as they are where it is
+not installed (a CPU machine). After changing pyproject.toml, install into a venv and
+rewrite the file from it:
 
     .venv/bin/pip install -e '.[server,test]' -c constraints.txt   # or without -c to move pins
     .venv/bin/python -m tests.pins > constraints.txt
@@ -23,9 +25,10 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parent.parent
 CONSTRAINTS = ROOT / "constraints.txt"
 EXTRAS = ("server", "test")
+KEPT_EXTRAS = ("gpu",)  # pinned for the image, installed only on GPU machines
 HEADER = """\
 # One set of versions for the image, CI and a developer's venv (see tests/pins.py).
-# Install with: pip install -c constraints.txt -e '.[test]'   (the Dockerfile: '.[server]')
+# Install with: pip install -c constraints.txt -e '.[test]'   (the Dockerfile: '.[server,gpu]')
 # Regenerate from a venv that has the project installed: python -m tests.pins > constraints.txt
 """
 
@@ -74,9 +77,23 @@ def read_constraints(path: Path = CONSTRAINTS) -> dict[str, str]:
     return pins
 
 
+def kept_pins(path: Path = CONSTRAINTS) -> dict[str, str]:
+    """The ``gpu`` extra's packages: their installed versions, else the pins they have now."""
+    pins = read_constraints(path) if path.exists() else {}
+    kept = {}
+    for req in project_requirements(KEPT_EXTRAS):
+        name = canonicalize_name(req.name)
+        try:
+            kept[name] = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            if name in pins:
+                kept[name] = pins[name]
+    return kept
+
+
 def render(versions: dict[str, str]) -> str:
     return HEADER + "".join(f"{name}=={versions[name]}\n" for name in sorted(versions))
 
 
 if __name__ == "__main__":
-    print(render(installed_closure()), end="")
+    print(render(installed_closure() | kept_pins()), end="")

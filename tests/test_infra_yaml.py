@@ -321,6 +321,7 @@ def test_dockerfile_installs_the_project_with_the_constraints():
                         assert req, f"pip install {target}: the image installs the project only"
                         for extra in filter(None, (req.group(1) or "").split(",")):
                             assert extra in _project()["optional-dependencies"], f"no extra {extra!r}"
+                            _assert_pinned(extra)
                 elif "pip" in argv:
                     pytest.fail(f"a pip command without the constraints: {command}")
     assert installs == 1
@@ -334,6 +335,19 @@ def test_dockerfile_installs_the_project_with_the_constraints():
     assert env.get("DCGAN_GIT_COMMIT") == "${DCGAN_GIT_COMMIT}"
     version = [c for c in commands if c.cmd.upper() == "LABEL" and "org.opencontainers.image.version" in c.value]
     assert version and f'"{_project()["version"]}"' in version[0].value
+
+
+def _assert_pinned(extra: str) -> None:
+    """Every package of an extra the image installs has its version in constraints.txt."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from tests.pins import read_constraints
+
+    pins = read_constraints()
+    for row in _project()["optional-dependencies"][extra]:
+        name = canonicalize_name(Requirement(row).name)
+        assert name in pins, f"the image installs the '{extra}' extra, but {name} is not pinned in constraints.txt"
 
 
 def test_tests_run_the_versions_the_image_ships():

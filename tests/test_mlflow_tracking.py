@@ -4,6 +4,7 @@ logged model and shown on its registered version, system metrics, and plots."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
@@ -68,6 +69,25 @@ def test_dataset_images_model_metrics_and_system_metrics(uri, tmp_path):
     assert metric.dataset_digest == MANIFEST["content_hash"][:32] and metric.step == 10
     assert float(client.get_model_version("dcgan-test", version.version).tags["fid"]) == 12.5  # tags kept
     assert client.get_run(parent.info.run_id).data.metrics["fid_32"] == 12.5
+
+
+def test_a_node_monitor_logs_under_its_node_id_and_says_once_when_its_gpus_cannot_be_read(uri, caplog):
+    """What one training node's monitor does (pipelines.records.system_metrics): its
+    samples reach the run under system/<node id>/; asked for GPUs that NVML cannot read
+    (here: no nvidia-ml-py, or no GPU), it says so in one line, with the reason."""
+    from pipelines.records.system_metrics import node_monitor, reads_gpus
+
+    with tracking.run(uri, "nodes", run_name="node") as active, caplog.at_level(logging.INFO, "dcgan.train"):
+        with node_monitor(uri, active.info.run_id, "node-x", 0.2, gpus_expected=True, resume=False) as monitor:
+            time.sleep(1.0)
+    metrics = MlflowClient(uri).get_run(active.info.run_id).data.metrics
+    assert "system/node-x/cpu_utilization_percentage" in metrics, sorted(metrics)
+    assert not [k for k in metrics if k.startswith("system/") and not k.startswith("system/node-x/")]
+    said = [r.getMessage() for r in caplog.records if "GPU system metrics of node node-x cannot be read" in r.getMessage()]
+    if reads_gpus(monitor):
+        assert not said and any("/gpu_0_" in k for k in metrics)
+    else:
+        assert len(said) == 1 and ("nvidia-ml-py" in said[0] or "NVML" in said[0]), said
 
 
 def test_training_plots_from_a_run(uri, tmp_path):

@@ -123,9 +123,12 @@ def _same_weights_as_uninterrupted(uninterrupted, run) -> None:
 
 
 def test_the_pipeline_submitted_to_the_cluster_trains_on_both_worker_nodes(cluster):
+    """...and each of the two nodes logs its system metrics into the training run, under its
+    Ray node id (system/<node id>/...), beside the driver's (system/..., the head's)."""
     before = set(cluster.train_workers())
-    argv = ["python", "-m", "pipelines.steps.run", "--config", "smoke", f"storage=s3://{cluster.bucket}/pipeline",
-            "train.iterations=10", "train.checkpoint_every=5", *TWO_NODES[:3], "eval.audit_autoencoder_steps=50"]
+    argv = ["python", "-m", "pipelines.steps.run", "--config", "smoke", "name=submitted",
+            f"storage=s3://{cluster.bucket}/pipeline", "train.iterations=10", "train.checkpoint_every=5",
+            "tracking.system_metrics_interval_s=1", *TWO_NODES[:3], "eval.audit_autoencoder_steps=50"]
     done = subprocess.run(["ray", "job", "submit", "--submission-id", "multinode-pipeline", "--", *argv],
                           env=cluster.env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     (cluster.tmp / "pipeline-job.log").write_text(done.stdout + done.stderr)
@@ -134,6 +137,13 @@ def test_the_pipeline_submitted_to_the_cluster_trains_on_both_worker_nodes(clust
     workers = set(cluster.train_workers()) - before
     nodes = {node for node, _ in workers}
     assert nodes == {cluster.node_id("node_a"), cluster.node_id("node_b")}, f"training ran on {nodes}"
+    client, run = _train_run(cluster, "submitted")
+    system = [k.split("/") for k in run.data.metrics if k.startswith("system/")]
+    assert {k[1] for k in system if len(k) == 3} == nodes, sorted(run.data.metrics)
+    for node in nodes:
+        assert f"system/{node}/cpu_utilization_percentage" in run.data.metrics
+        assert f"system_node.{node}" in run.data.tags
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # the driver's machine, as before
 
 
 # ----------------------------------------------------------------------------- services

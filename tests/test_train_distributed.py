@@ -1,6 +1,7 @@
 """Ray Train DDP training on a real local Ray cluster, 1 and 2 CPU workers (gloo)."""
 
 import copy
+import socket
 import uuid
 
 import mlflow
@@ -43,6 +44,33 @@ def test_two_workers_keep_identical_replicas(ray_local, tmp_path, dataset):
     # keep_checkpoints=1: only the last checkpoint is kept
     run_dir = tmp_path / "checkpoints" / result.path.split("/")[-1]
     assert len([p for p in run_dir.glob("checkpoint_2*") if p.is_dir()]) == 1
+
+
+NODE_METRICS = ("cpu_utilization_percentage", "system_memory_usage_megabytes", "disk_usage_percentage",
+                "network_receive_megabytes")
+
+
+def test_the_node_of_two_workers_logs_its_system_metrics_into_the_training_run_once(ray_local, tmp_path, dataset):
+    """The driver's training run gets the training node's CPU, memory, disk and network as
+    system/<Ray node id>/..., sampled by one of the node's two workers (the lower rank):
+    one monitor a node, so each sampling step is there once."""
+    import ray
+
+    cfg = smoke(tmp_path, dataset, "scaling.num_workers=2", "train.iterations=10", "train.batch_size=16",
+                "tracking.system_metrics_interval_s=0.5")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with tracking.run(uri, "system-metrics", run_name="nodes") as active:  # no driver sampling: only the node's
+        result = train.fit(cfg, run_name=unique_run_name(cfg), tracking_uri=uri, mlflow_run_id=active.info.run_id)
+    assert result.error is None
+    node = ray.get_runtime_context().get_node_id()  # the one node of the local cluster
+    client = MlflowClient(uri)
+    run = client.get_run(active.info.run_id)
+    system = sorted(k for k in run.data.metrics if k.startswith("system/"))
+    assert {k.split("/")[1] for k in system} == {node}, system
+    assert {f"system/{node}/{key}" for key in NODE_METRICS} <= set(system), system
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, f"system/{node}/cpu_utilization_percentage")]
+    assert steps and len(steps) == len(set(steps)), f"a step logged twice: two monitors on one node? {steps}"
+    assert run.data.tags[f"system_node.{node}"] == socket.gethostname()
 
 
 def _one_d_step(config):

@@ -98,7 +98,8 @@ def train(session: Session, *, parent_run_id: str | None = None, tags: dict[str,
                 "git_commit": git_commit(), "ray_run_name": identity.name, "pipeline_step": "train", **(tags or {})}
     with tracking.run(session.tracking_uri, cfg.tracking.experiment, run_name=identity.name,
                       run_id=identity.mlflow_run_id, parent_run_id=parent_run_id, tags=run_tags,
-                      system_metrics=True) as active, (graceful_stop() if graceful else contextlib.nullcontext()) as stop:
+                      system_metrics=cfg.tracking.system_metrics_interval_s > 0,
+                      system_metrics_interval_s=cfg.tracking.system_metrics_interval_s) as active, (graceful_stop() if graceful else contextlib.nullcontext()) as stop:
         if not identity.continued:
             mlflow.log_params(tracking.params_from_config(cfg.flat()) | tracking.params_from_config(params or {}))
             log_dataset(session.manifest, cfg.dataset_uri, "training")

@@ -94,20 +94,26 @@ def params_from_config(flat: dict[str, Any]) -> dict[str, str]:
 @contextlib.contextmanager
 def run(tracking_uri: str, experiment: str, run_name: str | None = None, run_id: str | None = None,
         parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-        system_metrics: bool = False) -> Iterator[Any]:
+        system_metrics: bool = False, system_metrics_interval_s: float | None = None) -> Iterator[Any]:
     """An MLflow run that always ends FINISHED or FAILED (KILLED when stopped from outside), never RUNNING.
 
     ``run_id`` continues an existing run (a resumed training); ``parent_run_id`` nests a
     new one. ``system_metrics`` samples this process's machine (CPU, memory, disk,
-    network; GPUs when ``pynvml`` is installed) into the run's ``system/`` metrics.
+    network; GPUs when ``nvidia-ml-py`` is installed) into the run's ``system/`` metrics,
+    every ``system_metrics_interval_s`` seconds (unset: MLflow's 10 s; a set
+    $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins, as in MLflow). The training
+    nodes' own are :mod:`pipelines.records.system_metrics`.
     """
     import mlflow
     from mlflow.entities import RunStatus
 
     exp_id = configure(tracking_uri, experiment)
-    active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name,
-                              parent_run_id=None if run_id else parent_run_id, tags=tags or None,
-                              nested=mlflow.active_run() is not None, log_system_metrics=system_metrics)
+    interval = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"  # MLflow's monitor reads it when the run starts
+    every = {interval: str(system_metrics_interval_s)} if system_metrics_interval_s and interval not in os.environ else {}
+    with temporary_environ(every):
+        active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name,
+                                  parent_run_id=None if run_id else parent_run_id, tags=tags or None,
+                                  nested=mlflow.active_run() is not None, log_system_metrics=system_metrics)
     try:
         yield active
     except (KeyboardInterrupt, SystemExit):  # stopped from outside (Ctrl-C, a scheduler ending the actor)

@@ -77,3 +77,14 @@ def replica_divergence(*modules: nn.Module) -> float:
     gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, local)
     return max((g - gathered[0]).abs().max().item() for g in gathered)
+
+
+def first_rank_on_node(node_id: str, rank: int) -> bool:
+    """Whether ``rank`` is the lowest rank on its node, a node named by ``node_id`` (Ray's
+    node id: Ray Train's local rank groups workers by IP address, which several Ray nodes
+    on one host share). A collective: every rank calls it."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return True
+    nodes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node_id)
+    return nodes.index(node_id) == rank

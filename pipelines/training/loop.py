@@ -11,11 +11,13 @@ Ray's seams are the numbered ones, as in Ray's own TorchTrainer examples:
 Resuming repeats no iteration: the data position and every iteration's noise are
 restored exactly (the noise of iteration i on rank r is a pure function of
 (seed, r, i)). Metrics go to MLflow from rank 0 only, committed together with each
-checkpoint, so a replay after a lost checkpoint logs nothing twice.
+checkpoint, so a replay after a lost checkpoint logs nothing twice; beside them, one
+worker a node samples the node's system metrics (:func:`node_system_metrics`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -33,7 +35,7 @@ from pipelines.config import PipelineConfig
 from pipelines.records import tracking
 from pipelines.training import outages, reporting, stopping
 from pipelines.training.checkpoints import build_networks, load_state, newest_checkpoint_file, save_state
-from pipelines.training.distributed import convert_sync_batchnorm, ddp_kwargs, replica_divergence
+from pipelines.training.distributed import convert_sync_batchnorm, ddp_kwargs, first_rank_on_node, replica_divergence
 from pipelines.training.hardware import step_options
 from pipelines.training.worker import Worker, build_feed
 
@@ -55,32 +57,33 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     worker = build_worker(loop_config)                        # (1)
     restore(worker, ray.train.get_checkpoint())               # (2)
-    open_metrics(worker, loop_config)
-    if worker.start >= worker.cfg.train.iterations:
-        report_final_checkpoint_again(worker)
-        return
-    batches = build_feed(worker, ray.train.get_dataset_shard("train"))  # (3)
-    worker.t_start = time.perf_counter()
-    total, epoch_seen = worker.cfg.train.iterations, worker.position.epoch
-    window: list[dict[str, torch.Tensor]] = []
-    last: dict[str, float] = {}
-    t_window = time.perf_counter()
-    for iteration in range(worker.start + 1, total + 1):
-        window.append(train_iteration(worker, batches, iteration))
-        if iteration % worker.cfg.train.log_every == 0 or iteration == total:
-            last = log_window(worker, window, iteration, t_window)
-            window, t_window = [], time.perf_counter()
-        new_epoch, epoch_seen = worker.position.epoch != epoch_seen, worker.position.epoch
-        if sample_due(worker.cfg, iteration, new_epoch):
-            outages.best_effort(worker, log_sample_grid, worker, iteration)
-        scores = measure_fid(worker, iteration)
-        if iteration % worker.cfg.train.checkpoint_every == 0 or iteration == total or scores or worker.stopping:
-            outages.wait_for_storage(worker, iteration)
-            checkpoint_and_report(worker, iteration, last | scores)  # (4)
-            if outages.after_checkpoint(worker, iteration):
-                return
-        if worker.stopping:  # the job was stopped (see pipelines/training/stopping.py)
+    with node_system_metrics(worker):  # one worker a node samples it into the run (system/<node id>/...)
+        open_metrics(worker, loop_config)
+        if worker.start >= worker.cfg.train.iterations:
+            report_final_checkpoint_again(worker)
             return
+        batches = build_feed(worker, ray.train.get_dataset_shard("train"))  # (3)
+        worker.t_start = time.perf_counter()
+        total, epoch_seen = worker.cfg.train.iterations, worker.position.epoch
+        window: list[dict[str, torch.Tensor]] = []
+        last: dict[str, float] = {}
+        t_window = time.perf_counter()
+        for iteration in range(worker.start + 1, total + 1):
+            window.append(train_iteration(worker, batches, iteration))
+            if iteration % worker.cfg.train.log_every == 0 or iteration == total:
+                last = log_window(worker, window, iteration, t_window)
+                window, t_window = [], time.perf_counter()
+            new_epoch, epoch_seen = worker.position.epoch != epoch_seen, worker.position.epoch
+            if sample_due(worker.cfg, iteration, new_epoch):
+                outages.best_effort(worker, log_sample_grid, worker, iteration)
+            scores = measure_fid(worker, iteration)
+            if iteration % worker.cfg.train.checkpoint_every == 0 or iteration == total or scores or worker.stopping:
+                outages.wait_for_storage(worker, iteration)
+                checkpoint_and_report(worker, iteration, last | scores)  # (4)
+                if outages.after_checkpoint(worker, iteration):
+                    return
+            if worker.stopping:  # the job was stopped (see pipelines/training/stopping.py)
+                return
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -182,6 +185,21 @@ def _newer(checkpoint_file: str | None, ray_path: str) -> bool:
     return checkpoint_file.rsplit("/", 2)[-2] > ray_path.rstrip("/").rsplit("/", 1)[-1]
 
 
+def node_system_metrics(worker: Worker):
+    """On each Ray node, its lowest-ranked worker samples the node's CPU, memory, disk,
+    network and GPUs into the training run, as ``system/<Ray node id>/...``
+    (:mod:`pipelines.records.system_metrics`); the other workers do nothing. A collective."""
+    import ray
+
+    from pipelines.records.system_metrics import node_monitor
+
+    node = ray.get_runtime_context().get_node_id()
+    if not first_rank_on_node(node, worker.rank):
+        return contextlib.nullcontext()
+    return node_monitor(worker.tracking_uri, worker.run_id, node, worker.cfg.tracking.system_metrics_interval_s,
+                        gpus_expected=worker.fixed_noise.device.type == "cuda", resume=worker.restored is not None)
+
+
 def open_metrics(worker: Worker, loop_config: dict[str, Any]) -> None:
     """Rank 0's metric buffer, first committing what a crash kept from the last checkpoint."""
     pending = (worker.restored or {}).get("pending_metrics", [])
@@ -219,7 +237,7 @@ def log_window(worker: Worker, window: list[dict[str, torch.Tensor]], iteration:
     for i, it in enumerate(range(iteration - len(window) + 1, iteration + 1)):
         worker.metrics.add(it, {k: v[i].item() for k, v in stacked.items()})
     last = {k: v[-1].item() for k, v in stacked.items()}
-    devices = reporting.device_metrics(worker.fixed_noise.device, worker.world)  # a collective on GPUs
+    devices = reporting.device_metrics(worker.fixed_noise.device, worker.rank, worker.world)  # a collective on GPUs
     worker.metrics.add(iteration, {"images_per_second": rate, "epoch": float(worker.position.epoch), **devices})
     worker.stopping = stopping.worker_stop_requested(worker.stop_signal, worker.rank, worker.world,
                                                      worker.fixed_noise.device)
