@@ -37,6 +37,7 @@ PROJECT_IMAGE_REPO = "123456789012.dkr.ecr.us-west-2.amazonaws.com/dcgan-ray"  #
 # Node types the pods are pinned to: (vCPUs, memory GiB, max pods with the VPC CNI).
 INSTANCE_TYPES = {"g5.4xlarge": (16, 64, 234), "m6i.2xlarge": (8, 32, 58)}
 MEMORY_REPORTED = 0.96  # a kubelet reports less memory than the instance's nominal size
+MLFLOW_ADMIN_SECRET, MLFLOW_JOB_SECRET = "mlflow-auth", "mlflow-job"  # the MLflow admin's; the user jobs log as
 DAEMONSET_CPU, DAEMONSET_MEMORY = 0.5, 1 * 2**30  # aws-node, kube-proxy, CSI, device plugin, log agent
 
 
@@ -430,7 +431,55 @@ def test_every_pod_uses_the_declared_service_account_and_tracking_server():
         env = {e["name"]: e for e in spec["containers"][0].get("env", [])}
         assert env["MLFLOW_TRACKING_URI"]["value"] == f"http://{host}:{port}"
         for name, key in (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")):
-            assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-auth", "key": key}
+            assert env[name]["valueFrom"]["secretKeyRef"] == {"name": MLFLOW_JOB_SECRET, "key": key}
+
+
+def _secret_refs(pod_spec: dict) -> set[str]:
+    return {e["valueFrom"]["secretKeyRef"]["name"] for c in _containers(pod_spec) for e in c.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def test_jobs_log_as_the_job_user_and_only_the_mlflow_pod_holds_the_admin():
+    """Least privilege: the admin's Secret is in the MLflow server's pod alone; Ray pods get the job
+    user's, and the MLflow pod sets that user up (pipelines/records/job_user.py, the command
+    infra/local/start.sh runs and tests/test_mlflow_job_user.py checks on a real server)."""
+    from mlflow.cli import server
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    from pipelines.records.job_user import build_parser
+
+    mlflow_pod = _one("Deployment")["spec"]["template"]["spec"]
+    holders = [spec for spec in _pod_specs() + [_one("RayJob")["spec"]["submitterPodTemplate"]["spec"]]
+               if MLFLOW_ADMIN_SECRET in _secret_refs(spec)]
+    assert holders == [mlflow_pod], "the MLflow admin's Secret belongs in the MLflow server's pod only"
+    assert MLFLOW_JOB_SECRET in _secret_refs(mlflow_pod)
+
+    container = mlflow_pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    script = container["lifecycle"]["postStart"]["exec"]["command"]
+    assert script[:2] == ["sh", "-c"]
+    words = shlex.split(script[2])
+    assignments = dict(w.split("=", 1) for w in words[:words.index("exec")])
+    argv = words[words.index("exec") + 1:]
+    assert argv[:3] == ["python", "-m", "pipelines.records.job_user"]
+    args = build_parser().parse_args(argv[3:])  # unknown flags exit
+    assert args.wait >= 60, "the hook runs as the server starts: it must wait for it"
+    assert load_config(PRODUCTION_PRESET).tracking.experiment in args.experiment
+    # The job user's credentials from the job Secret, the admin's as the server reads them.
+    for name, key in (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")):
+        source = re.search(rf'\b{name}="\$(\w+)"', script[2])  # from a variable, quoted; no value on a command line
+        assert source, f"{name}: set it from the job Secret's variable"
+        assert env[source.group(1)]["valueFrom"]["secretKeyRef"] == {"name": MLFLOW_JOB_SECRET, "key": key}
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == MLFLOW_ADMIN_SECRET
+    uri = urlparse(assignments["MLFLOW_TRACKING_URI"])
+    port = container["ports"][0]["containerPort"]
+    assert uri.hostname == "127.0.0.1" and uri.port == port
+    params = server.make_context("server", container["command"][2:]).params
+    assert is_allowed_host_header([h.strip() for h in params["allowed_hosts"].split(",")], uri.netloc)
+    # The Secret is made by the documented command, with the keys both sides read.
+    assert re.search(rf"kubectl create secret generic {MLFLOW_JOB_SECRET} -n dcgan --from-literal=username=\S+ \\\n"
+                     r"#\s+--from-literal=password=", (K8S / "namespace.yaml").read_text())
 
 
 def test_mlflow_server_runs_basic_auth_on_postgres(tmp_path, monkeypatch):
