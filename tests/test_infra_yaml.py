@@ -635,3 +635,45 @@ def test_local_scripts_are_valid_bash():
     for script in scripts:
         assert script.stat().st_mode & 0o111, f"{script} is not executable"
         subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+# NVIDIA's minimum driver per CUDA major under minor version compatibility ("CUDA Toolkit 11.x,
+# 12.x, and 13.x Minimum and Maximum Required Driver Versions",
+# https://docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html).
+MIN_DRIVER_FOR_CUDA_MAJOR = {11: 450, 12: 525, 13: 580}
+CUDA_NOTE = re.compile(r"torch (\S+) \(PyPI wheel\) brings its own CUDA (\d+)\.(\d+) runtime; "
+                       r"nodes need an NVIDIA driver >= (\d+)")
+
+
+def _wheel_cuda(requirements: list[str]) -> tuple[int, int]:
+    """The CUDA (major, minor) a torch wheel was built with, from the CUDA runtime it requires:
+    cuda-toolkit==13.0.x (CUDA 13 wheels) or nvidia-cuda-runtime-cu12==12.8.x (CUDA 12 wheels)."""
+    for req in requirements:
+        m = re.match(r"(?:cuda-toolkit|nvidia-cuda-runtime(?:-cu\d+)?)\b[^=;]*==(\d+)\.(\d+)", req)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    raise AssertionError(f"torch's metadata names no CUDA runtime: {requirements}")
+
+
+def test_the_image_states_the_cuda_and_driver_of_its_torch_wheel():
+    """The Dockerfile, the RayCluster and the README say which CUDA the pinned torch wheel
+    brings and the driver it needs; a torch bump to another CUDA without updating them fails."""
+    import importlib.metadata
+
+    from tests.pins import read_constraints
+
+    pinned = read_constraints()["torch"]
+    installed = importlib.metadata.version("torch")
+    assert installed.split("+")[0] == pinned, "the tests run the pinned torch (install with -c constraints.txt)"
+    major, minor = _wheel_cuda(importlib.metadata.requires("torch") or [])
+    assert _wheel_cuda(["nvidia-cuda-runtime-cu12==12.8.90; platform_system == 'Linux'"]) == (12, 8)
+    for path in (ROOT / "Dockerfile", K8S / "raycluster.yaml", ROOT / "README.md"):
+        notes = CUDA_NOTE.findall(path.read_text().replace("\n# ", " ").replace("\n", " "))
+        assert notes, f"{path.relative_to(ROOT)} must state: torch X (PyPI wheel) brings its own CUDA M.N runtime; ..."
+        for version, m, n, driver in notes:
+            assert version == pinned, f"{path.relative_to(ROOT)} names torch {version}, constraints.txt pins {pinned}"
+            assert (int(m), int(n)) == (major, minor), \
+                f"{path.relative_to(ROOT)} says CUDA {m}.{n}; torch {pinned}'s wheel requires CUDA {major}.{minor}"
+            assert int(driver) == MIN_DRIVER_FOR_CUDA_MAJOR[major], \
+                f"{path.relative_to(ROOT)}: CUDA {major}.x needs driver >= {MIN_DRIVER_FOR_CUDA_MAJOR[major]}, not {driver}"
+    assert "cuda-compatibility/minor-version-compatibility" in (ROOT / "Dockerfile").read_text(), "cite the source"
