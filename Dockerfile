@@ -8,6 +8,16 @@
 # The tag is the project's version (pyproject.toml); push it to a repository with
 # immutable tags so a tag always means one image. The versions are constraints.txt's, the
 # same pins CI and the README's install line use (tests/test_infra_yaml.py checks both).
+#
+# CUDA: torch 2.14.1 (PyPI wheel) brings its own CUDA 13.0 runtime; nodes need an NVIDIA driver >= 580.
+# The wheel installs its CUDA libraries as pip packages (cuda-toolkit 13.0.x, cuDNN, NCCL for
+# CUDA 13; constraints.txt) and loads those, not the CUDA toolkit the base image's -gpu tag
+# carries; what it takes from the node is the driver (libcuda). NVIDIA's minor version
+# compatibility lets CUDA 13.x run on any R580-or-newer driver ("CUDA Toolkit 11.x, 12.x, and
+# 13.x Minimum and Maximum Required Driver Versions", https://docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html;
+# the per-release rows are in the CUDA Toolkit release notes' table "CUDA Toolkit and
+# Corresponding Driver Versions"). A node on a 12.x-era driver (< 580) fails at the first CUDA
+# call. tests/test_infra_yaml.py holds this line to the torch wheel's declared CUDA.
 FROM rayproject/ray:2.60.0-py311-gpu
 
 # The commit the image is built from; registered model versions carry it (git_commit tag).

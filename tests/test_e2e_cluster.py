@@ -79,9 +79,15 @@ class MiniCluster:
         found = {"AWS_SECRET_ACCESS_KEY": self.secret_key, "MLFLOW_TRACKING_PASSWORD": self.env["MLFLOW_TRACKING_PASSWORD"],
                  "Ray token": self.ray_token,
                  "PostgreSQL password": (self.state / "server" / "pgpass").read_text().strip().rsplit(":", 1)[1],
-                 "MLflow session key": (self.state / "server" / "flask_secret_key").read_text().strip()}
+                 "MLflow session key": (self.state / "server" / "flask_secret_key").read_text().strip(),
+                 "MLflow admin password": self.admin()[1]}
         assert all(len(v) >= 16 for v in found.values()), "a secret is too short to search for"
         return found
+
+    def admin(self) -> tuple[str, str]:
+        """The MLflow admin's credentials, which only the server and start.sh's set-up see."""
+        kept = dict(ln.split("=", 1) for ln in (self.state / "server" / "mlflow_admin.env").read_text().split())
+        return kept["MLFLOW_AUTH_ADMIN_USERNAME"], kept["MLFLOW_AUTH_ADMIN_PASSWORD"]
 
     def s3(self):
         import boto3
@@ -346,6 +352,17 @@ def test_mlflow_refuses_requests_without_credentials(cluster):
     assert _http_status(api, _basic(user, "not-" + password)) == 401
     assert _http_status(api, _basic(user, password)) == 200
     assert _http_status(f"{cluster.tracking_uri}/health") == 200, "the health probe stays open"
+    # A user's shell (env.sh) and the jobs hold the job user's credentials, not the admin's
+    # (tests/test_mlflow_job_user.py checks what that user may not do).
+    import urllib.request
+
+    from mlflow.server.auth.routes import GET_CURRENT_USER
+
+    assert user != cluster.admin()[0] and not [k for k in cluster.env if k.startswith("MLFLOW_AUTH_ADMIN")]
+    me = urllib.request.Request(f"{cluster.tracking_uri}{GET_CURRENT_USER}", headers=_basic(user, password))
+    with urllib.request.urlopen(me, timeout=30) as resp:
+        assert json.loads(resp.read())["user"]["is_admin"] is False
+    assert _http_status(api, _basic(*cluster.admin())) == 200
     saved = {k: os.environ.pop(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     try:
         with pytest.raises(MlflowException, match="401|nauthorized|credentials"):
@@ -358,6 +375,7 @@ def test_pipeline_job_is_tracked_on_the_server(cluster, job):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(cluster.tracking_uri)
+    assert job.pipeline_run.info.user_id == cluster.env["MLFLOW_TRACKING_USERNAME"] != cluster.admin()[0]
     params = job.pipeline_run.data.params
     assert params["storage"] == job.config.storage
     assert params["train.iterations"] == str(job.config.train.iterations)

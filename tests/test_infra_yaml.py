@@ -37,6 +37,7 @@ PROJECT_IMAGE_REPO = "123456789012.dkr.ecr.us-west-2.amazonaws.com/dcgan-ray"  #
 # Node types the pods are pinned to: (vCPUs, memory GiB, max pods with the VPC CNI).
 INSTANCE_TYPES = {"g5.4xlarge": (16, 64, 234), "m6i.2xlarge": (8, 32, 58)}
 MEMORY_REPORTED = 0.96  # a kubelet reports less memory than the instance's nominal size
+MLFLOW_ADMIN_SECRET, MLFLOW_JOB_SECRET = "mlflow-auth", "mlflow-job"  # the MLflow admin's; the user jobs log as
 DAEMONSET_CPU, DAEMONSET_MEMORY = 0.5, 1 * 2**30  # aws-node, kube-proxy, CSI, device plugin, log agent
 
 
@@ -444,7 +445,55 @@ def test_every_pod_uses_the_declared_service_account_and_tracking_server():
         env = {e["name"]: e for e in spec["containers"][0].get("env", [])}
         assert env["MLFLOW_TRACKING_URI"]["value"] == f"http://{host}:{port}"
         for name, key in (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")):
-            assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-auth", "key": key}
+            assert env[name]["valueFrom"]["secretKeyRef"] == {"name": MLFLOW_JOB_SECRET, "key": key}
+
+
+def _secret_refs(pod_spec: dict) -> set[str]:
+    return {e["valueFrom"]["secretKeyRef"]["name"] for c in _containers(pod_spec) for e in c.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def test_jobs_log_as_the_job_user_and_only_the_mlflow_pod_holds_the_admin():
+    """Least privilege: the admin's Secret is in the MLflow server's pod alone; Ray pods get the job
+    user's, and the MLflow pod sets that user up (pipelines/records/job_user.py, the command
+    infra/local/start.sh runs and tests/test_mlflow_job_user.py checks on a real server)."""
+    from mlflow.cli import server
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    from pipelines.records.job_user import build_parser
+
+    mlflow_pod = _one("Deployment")["spec"]["template"]["spec"]
+    holders = [spec for spec in _pod_specs() + [_one("RayJob")["spec"]["submitterPodTemplate"]["spec"]]
+               if MLFLOW_ADMIN_SECRET in _secret_refs(spec)]
+    assert holders == [mlflow_pod], "the MLflow admin's Secret belongs in the MLflow server's pod only"
+    assert MLFLOW_JOB_SECRET in _secret_refs(mlflow_pod)
+
+    container = mlflow_pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    script = container["lifecycle"]["postStart"]["exec"]["command"]
+    assert script[:2] == ["sh", "-c"]
+    words = shlex.split(script[2])
+    assignments = dict(w.split("=", 1) for w in words[:words.index("exec")])
+    argv = words[words.index("exec") + 1:]
+    assert argv[:3] == ["python", "-m", "pipelines.records.job_user"]
+    args = build_parser().parse_args(argv[3:])  # unknown flags exit
+    assert args.wait >= 60, "the hook runs as the server starts: it must wait for it"
+    assert load_config(PRODUCTION_PRESET).tracking.experiment in args.experiment
+    # The job user's credentials from the job Secret, the admin's as the server reads them.
+    for name, key in (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")):
+        source = re.search(rf'\b{name}="\$(\w+)"', script[2])  # from a variable, quoted; no value on a command line
+        assert source, f"{name}: set it from the job Secret's variable"
+        assert env[source.group(1)]["valueFrom"]["secretKeyRef"] == {"name": MLFLOW_JOB_SECRET, "key": key}
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == MLFLOW_ADMIN_SECRET
+    uri = urlparse(assignments["MLFLOW_TRACKING_URI"])
+    port = container["ports"][0]["containerPort"]
+    assert uri.hostname == "127.0.0.1" and uri.port == port
+    params = server.make_context("server", container["command"][2:]).params
+    assert is_allowed_host_header([h.strip() for h in params["allowed_hosts"].split(",")], uri.netloc)
+    # The Secret is made by the documented command, with the keys both sides read.
+    assert re.search(rf"kubectl create secret generic {MLFLOW_JOB_SECRET} -n dcgan --from-literal=username=\S+ \\\n"
+                     r"#\s+--from-literal=password=", (K8S / "namespace.yaml").read_text())
 
 
 def test_mlflow_server_runs_basic_auth_on_postgres(tmp_path, monkeypatch):
@@ -600,3 +649,45 @@ def test_local_scripts_are_valid_bash():
     for script in scripts:
         assert script.stat().st_mode & 0o111, f"{script} is not executable"
         subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+# NVIDIA's minimum driver per CUDA major under minor version compatibility ("CUDA Toolkit 11.x,
+# 12.x, and 13.x Minimum and Maximum Required Driver Versions",
+# https://docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html).
+MIN_DRIVER_FOR_CUDA_MAJOR = {11: 450, 12: 525, 13: 580}
+CUDA_NOTE = re.compile(r"torch (\S+) \(PyPI wheel\) brings its own CUDA (\d+)\.(\d+) runtime; "
+                       r"nodes need an NVIDIA driver >= (\d+)")
+
+
+def _wheel_cuda(requirements: list[str]) -> tuple[int, int]:
+    """The CUDA (major, minor) a torch wheel was built with, from the CUDA runtime it requires:
+    cuda-toolkit==13.0.x (CUDA 13 wheels) or nvidia-cuda-runtime-cu12==12.8.x (CUDA 12 wheels)."""
+    for req in requirements:
+        m = re.match(r"(?:cuda-toolkit|nvidia-cuda-runtime(?:-cu\d+)?)\b[^=;]*==(\d+)\.(\d+)", req)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    raise AssertionError(f"torch's metadata names no CUDA runtime: {requirements}")
+
+
+def test_the_image_states_the_cuda_and_driver_of_its_torch_wheel():
+    """The Dockerfile, the RayCluster and the README say which CUDA the pinned torch wheel
+    brings and the driver it needs; a torch bump to another CUDA without updating them fails."""
+    import importlib.metadata
+
+    from tests.pins import read_constraints
+
+    pinned = read_constraints()["torch"]
+    installed = importlib.metadata.version("torch")
+    assert installed.split("+")[0] == pinned, "the tests run the pinned torch (install with -c constraints.txt)"
+    major, minor = _wheel_cuda(importlib.metadata.requires("torch") or [])
+    assert _wheel_cuda(["nvidia-cuda-runtime-cu12==12.8.90; platform_system == 'Linux'"]) == (12, 8)
+    for path in (ROOT / "Dockerfile", K8S / "raycluster.yaml", ROOT / "README.md"):
+        notes = CUDA_NOTE.findall(path.read_text().replace("\n# ", " ").replace("\n", " "))
+        assert notes, f"{path.relative_to(ROOT)} must state: torch X (PyPI wheel) brings its own CUDA M.N runtime; ..."
+        for version, m, n, driver in notes:
+            assert version == pinned, f"{path.relative_to(ROOT)} names torch {version}, constraints.txt pins {pinned}"
+            assert (int(m), int(n)) == (major, minor), \
+                f"{path.relative_to(ROOT)} says CUDA {m}.{n}; torch {pinned}'s wheel requires CUDA {major}.{minor}"
+            assert int(driver) == MIN_DRIVER_FOR_CUDA_MAJOR[major], \
+                f"{path.relative_to(ROOT)}: CUDA {major}.x needs driver >= {MIN_DRIVER_FOR_CUDA_MAJOR[major]}, not {driver}"
+    assert "cuda-compatibility/minor-version-compatibility" in (ROOT / "Dockerfile").read_text(), "cite the source"

@@ -20,12 +20,18 @@
 #   MINI_S3_PORT=8333 MINI_S3_MASTER_PORT=9333 MINI_S3_VOLUME_PORT=8081 MINI_S3_FILER_PORT=8888
 #   MINI_S3_ADMIN_PORT=23646            (SeaweedFS also takes each port + 10000 for gRPC)
 #   MINI_START_TIMEOUT=120              seconds each service gets to answer
+#   MINI_MLFLOW_EXPERIMENT=dcgan-lsun-bedroom  experiment(s) the job user may write (EDIT), space-separated
 # Credentials: each of AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (S3) and
-# MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (the MLflow admin) comes from the
+# MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (the MLflow user jobs and sweeps log
+# as, default name dcgan-job: not an admin, EDIT on the experiment) comes from the
 # environment, else from $MINI_STATE_DIR/credentials.env (mode 0600), else is generated
-# into it. The Ray token: RAY_AUTH_TOKEN, else $MINI_STATE_DIR/ray_auth_token (0600), else
+# into it. The MLflow admin (MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD, default
+# name admin) likewise, kept in $MINI_STATE_DIR/server/mlflow_admin.env: env.sh does not
+# read it. The Ray token: RAY_AUTH_TOKEN, else $MINI_STATE_DIR/ray_auth_token (0600), else
 # generated. PostgreSQL's password and MLflow's session key stay in $MINI_STATE_DIR/server/.
 # No secret is printed, put on a command line or written to a log.
+# Rotate the job user's password: stop, then start with a new MLFLOW_TRACKING_PASSWORD (or
+# delete its line from credentials.env): the job user gets it at start.
 set -euo pipefail
 
 log() { echo "[mini-cluster] $*" >&2; }
@@ -134,15 +140,38 @@ pick() {  # variable, prefix, random bytes: the environment's value, else the ke
         generated+=("$name")
     fi
 }
+# The MLflow admin: only the server and the set-up of the job user below see it.
+ADMIN_FILE="$SERVER_DIR/mlflow_admin.env"
+declare -A kept_admin=()
+if [[ -f "$ADMIN_FILE" ]]; then
+    while IFS='=' read -r key value; do [[ -n "$key" ]] && kept_admin[$key]="$value"; done <"$ADMIN_FILE"
+elif [[ -n "${kept[MLFLOW_TRACKING_PASSWORD]:-}" ]]; then
+    # A state dir from before jobs had a user of their own (no admin file): its tracking
+    # credentials are the admin's (the user store holds them); the job user is new.
+    kept_admin=([MLFLOW_AUTH_ADMIN_USERNAME]="${kept[MLFLOW_TRACKING_USERNAME]:-admin}"
+                [MLFLOW_AUTH_ADMIN_PASSWORD]="${kept[MLFLOW_TRACKING_PASSWORD]}")
+    unset 'kept[MLFLOW_TRACKING_USERNAME]' 'kept[MLFLOW_TRACKING_PASSWORD]'
+    log "the MLflow credentials kept in $CRED_FILE are the admin's: moving them to $ADMIN_FILE; jobs get a user of their own"
+fi
+for name in MLFLOW_AUTH_ADMIN_USERNAME MLFLOW_AUTH_ADMIN_PASSWORD; do
+    [[ -z "${!name:-}" && -n "${kept_admin[$name]:-}" ]] && kept[$name]="${kept_admin[$name]}"
+done
+MLFLOW_AUTH_ADMIN_USERNAME="${MLFLOW_AUTH_ADMIN_USERNAME:-${kept[MLFLOW_AUTH_ADMIN_USERNAME]:-admin}}"
+pick MLFLOW_AUTH_ADMIN_PASSWORD "" 24
 pick AWS_ACCESS_KEY_ID mini- 6
 pick AWS_SECRET_ACCESS_KEY "" 24
-MLFLOW_TRACKING_USERNAME="${MLFLOW_TRACKING_USERNAME:-${kept[MLFLOW_TRACKING_USERNAME]:-admin}}"
+MLFLOW_TRACKING_USERNAME="${MLFLOW_TRACKING_USERNAME:-${kept[MLFLOW_TRACKING_USERNAME]:-dcgan-job}}"
 pick MLFLOW_TRACKING_PASSWORD "" 24
+[[ "$MLFLOW_TRACKING_USERNAME" != "$MLFLOW_AUTH_ADMIN_USERNAME" ]] \
+    || die "MLFLOW_TRACKING_USERNAME is the MLflow admin ($MLFLOW_AUTH_ADMIN_USERNAME); jobs log as a user of their own now: unset MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD (an env.sh from an older start sets them) or choose another name"
 (umask 077 && printf '%s=%s\n' AWS_ACCESS_KEY_ID "$AWS_ACCESS_KEY_ID" AWS_SECRET_ACCESS_KEY "$AWS_SECRET_ACCESS_KEY" \
     MLFLOW_TRACKING_USERNAME "$MLFLOW_TRACKING_USERNAME" MLFLOW_TRACKING_PASSWORD "$MLFLOW_TRACKING_PASSWORD" >"$CRED_FILE")
-chmod 600 "$CRED_FILE"
-((${#generated[@]})) && log "generated ${generated[*]} into $CRED_FILE (mode 0600)"
+(umask 077 && printf '%s=%s\n' MLFLOW_AUTH_ADMIN_USERNAME "$MLFLOW_AUTH_ADMIN_USERNAME" \
+    MLFLOW_AUTH_ADMIN_PASSWORD "$MLFLOW_AUTH_ADMIN_PASSWORD" >"$ADMIN_FILE")
+chmod 600 "$CRED_FILE" "$ADMIN_FILE"
+((${#generated[@]})) && log "generated ${generated[*]} into $CRED_FILE / $ADMIN_FILE (mode 0600)"
 export MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD
+export -n MLFLOW_AUTH_ADMIN_USERNAME MLFLOW_AUTH_ADMIN_PASSWORD  # handed only to the server and the set-up below
 
 RAY_TOKEN_FILE="$STATE_DIR/ray_auth_token"
 if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
@@ -266,7 +295,7 @@ launch postgres "$LOG_DIR/postgres.log" "${AS_PG[@]}" "$PG_BIN/postgres" -D "$PG
     -c listen_addresses=127.0.0.1 -c unix_socket_directories=
 wait_for postgres "PostgreSQL" "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"
 
-# --- MLflow: basic auth (the admin is MLFLOW_TRACKING_USERNAME), runs and users in
+# --- MLflow: basic auth (the admin is MLFLOW_AUTH_ADMIN_USERNAME), runs and users in
 # PostgreSQL, artifacts proxied to s3://$BUCKET/mlflow-artifacts
 mkdir -p "$STATE_DIR/mlflow"
 DB_URI="postgresql+psycopg2://mlflow@127.0.0.1:$PG_PORT"
@@ -274,7 +303,7 @@ cat >"$STATE_DIR/mlflow/basic_auth.ini" <<EOF
 [mlflow]
 default_permission = READ
 database_uri = $DB_URI/mlflow_auth
-admin_username = $MLFLOW_TRACKING_USERNAME
+admin_username = $MLFLOW_AUTH_ADMIN_USERNAME
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 # Check a password's PBKDF2 hash once a minute, not on every request: without it, four
 # sweep trials logging metrics spend most of their time in the password check.
@@ -285,7 +314,8 @@ log "starting MLflow tracking server on $MLFLOW_URI (basic auth, PostgreSQL)"
 (
     # Only the server sees these; the admin is created on its first start.
     export MLFLOW_AUTH_CONFIG_PATH="$STATE_DIR/mlflow/basic_auth.ini"
-    export MLFLOW_AUTH_ADMIN_USERNAME="$MLFLOW_TRACKING_USERNAME" MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_TRACKING_PASSWORD"
+    export MLFLOW_AUTH_ADMIN_USERNAME MLFLOW_AUTH_ADMIN_PASSWORD
+    unset MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD  # the job user's: not the server's business
     MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$SERVER_DIR/flask_secret_key")"
     export MLFLOW_FLASK_SERVER_SECRET_KEY
     launch mlflow "$LOG_DIR/mlflow.log" mlflow server --app-name basic-auth --host 127.0.0.1 --port "$MLFLOW_PORT" \
@@ -294,13 +324,22 @@ log "starting MLflow tracking server on $MLFLOW_URI (basic auth, PostgreSQL)"
 )
 wait_for mlflow "MLflow tracking server" curl -fsS "$MLFLOW_URI/health"
 unset PGPASSFILE
-# The credentials must work: a user store kept from an earlier start may hold another password.
+# The admin's credentials must work: a user store kept from an earlier start may hold another password.
 code="$(curl -s -o /dev/null -w '%{http_code}' -K - "$MLFLOW_URI/api/2.0/mlflow/experiments/search?max_results=1" \
-    <<<"user = \"$MLFLOW_TRACKING_USERNAME:$MLFLOW_TRACKING_PASSWORD\"")"
+    <<<"user = \"$MLFLOW_AUTH_ADMIN_USERNAME:$MLFLOW_AUTH_ADMIN_PASSWORD\"")"
 if [[ "$code" != 200 ]]; then
-    log "MLflow answered $code to MLFLOW_TRACKING_USERNAME/PASSWORD (its user store in $PG_DIR may hold another admin password; remove $PG_DIR to start afresh)"
+    log "MLflow answered $code to MLFLOW_AUTH_ADMIN_USERNAME/PASSWORD (its user store in $PG_DIR may hold another admin password; remove $PG_DIR to start afresh)"
     false  # the ERR trap stops what was started
 fi
+# The user jobs and sweeps log as: created (or given MLFLOW_TRACKING_PASSWORD), no admin,
+# EDIT on the experiment(s), which the admin creates. Credentials through the environment only.
+log "setting up the MLflow job user $MLFLOW_TRACKING_USERNAME (EDIT on ${MINI_MLFLOW_EXPERIMENT:-dcgan-lsun-bedroom})"
+read -r -a experiments <<<"${MINI_MLFLOW_EXPERIMENT:-dcgan-lsun-bedroom}"
+experiment_args=()
+for name in "${experiments[@]}"; do experiment_args+=(--experiment "$name"); done
+MLFLOW_TRACKING_URI="$MLFLOW_URI" MLFLOW_AUTH_ADMIN_USERNAME="$MLFLOW_AUTH_ADMIN_USERNAME" \
+    MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_AUTH_ADMIN_PASSWORD" python -m pipelines.records.job_user "${experiment_args[@]}"
+unset MLFLOW_AUTH_ADMIN_USERNAME MLFLOW_AUTH_ADMIN_PASSWORD
 
 # --- Ray head: jobs inherit this environment (S3 endpoint and keys, the tracking URI and
 # its credentials, the Ray token's file)
