@@ -327,7 +327,8 @@ def start_multinode(tmp: Path) -> MultiNode:
     }
     mlflow = Service("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
                                 "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
-                                "--artifacts-destination", f"s3://{bucket}/mlflow-artifacts"], env, tmp / "mlflow.log")
+                                "--artifacts-destination", f"s3://{bucket}/mlflow-artifacts"],
+                     env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, tmp / "mlflow.log")  # as start.sh
     head = Service("head", [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
                             "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=1",
                             '--resources={"head": 1}', "--include-dashboard=true", "--dashboard-host=127.0.0.1",

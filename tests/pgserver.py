@@ -176,7 +176,8 @@ def start_mlflow(pg: Postgres, folder: Path, workers: int = 2, timeout: float = 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG"))}
     env |= {"PGPASSFILE": str(pg.pgpass), "MLFLOW_AUTH_CONFIG_PATH": str(folder / "basic_auth.ini"),
             "MLFLOW_AUTH_ADMIN_USERNAME": username, "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as infra/local/start.sh: no job runner processes
     mlflow = Path(sys.executable).parent / "mlflow"
     log = open(folder / "mlflow.log", "wb")
     proc = subprocess.Popen([str(mlflow), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",

@@ -318,6 +318,9 @@ log "starting MLflow tracking server on $MLFLOW_URI (basic auth, PostgreSQL)"
     unset MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD  # the job user's: not the server's business
     MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$SERVER_DIR/flask_secret_key")"
     export MLFLOW_FLASK_SERVER_SECRET_KEY
+    # MLflow 3's server-side jobs (GenAI scorers, prompt optimisation) are not used here, and
+    # their runner starts seven consumer processes beside the server.
+    export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
     launch mlflow "$LOG_DIR/mlflow.log" mlflow server --app-name basic-auth --host 127.0.0.1 --port "$MLFLOW_PORT" \
         --workers "$MLFLOW_WORKERS" --backend-store-uri "$DB_URI/mlflow" \
         --artifacts-destination "s3://$BUCKET/mlflow-artifacts"
