@@ -183,7 +183,7 @@ class MultiNode:
                 pass
         for service in services:
             service.process.wait()
-        wait_until(lambda: not [p for p in pids if _alive(p)], 20, "every process of the head and its nodes gone",
+        wait_until(lambda: not pids & _processes().keys(), 20, "every process of the head and its nodes gone",
                    every=0.1)
         names = list(self.nodes)
         self.nodes.clear()
@@ -238,31 +238,9 @@ class MultiNode:
             shutil.rmtree(temp, ignore_errors=True)
 
 
-def _group_pids(pgid: int) -> list[int]:
-    """PIDs of the live (not zombie) processes in process group pgid, from /proc."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                pids.append(int(proc.name))
-    return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def _tree_pids(root: int) -> list[int]:
-    """The live processes descended from ``root`` or in its process group, root included: a
-    process that moved to a session of its own (a Ray job's driver) is still its descendant."""
-    parent, group = {}, {}
+def _processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every live (not zombie) process, from /proc."""
+    table = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
@@ -270,11 +248,23 @@ def _tree_pids(root: int) -> list[int]:
             except (FileNotFoundError, ProcessLookupError):
                 continue
             if fields[0] != "Z":
-                parent[int(proc.name)], group[int(proc.name)] = int(fields[1]), int(fields[2])
-    tree = {pid for pid, pgid in group.items() if pgid == root} | ({root} & parent.keys())
+                table[int(proc.name)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """PIDs of the live processes in process group pgid."""
+    return [pid for pid, (_, group) in _processes().items() if group == pgid]
+
+
+def _tree_pids(root: int) -> list[int]:
+    """The live processes descended from ``root`` or in its process group, root included: a
+    process that moved to a session of its own (a Ray job's driver) is still its descendant."""
+    table = _processes()
+    tree = {pid for pid, (_, group) in table.items() if group == root} | ({root} & table.keys())
     grew = True
     while grew:
-        more = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        more = {pid for pid, (ppid, _) in table.items() if ppid in tree} - tree
         tree |= more
         grew = bool(more)
     return sorted(tree)

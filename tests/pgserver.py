@@ -10,6 +10,7 @@ that Debian's package creates.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -199,3 +200,20 @@ def start_mlflow(pg: Postgres, folder: Path, workers: int = 2, timeout: float = 
             time.sleep(0.5)
     server.stop()
     raise RuntimeError(f"mlflow server did not answer on {uri} within {timeout}s: {server.log()[-3000:]}")
+
+
+@contextlib.contextmanager
+def postgres_and_mlflow(folder: Path):
+    """PostgreSQL and a basic-auth MLflow server on it (skipped, or failed in CI, without
+    PostgreSQL), both stopped afterwards: yields (postgres, server)."""
+    require_postgres()
+    pg = start_postgres()
+    try:
+        mlflow_server = start_mlflow(pg, folder)
+        try:
+            yield pg, mlflow_server
+        finally:
+            mlflow_server.stop()
+    finally:
+        pg.stop()
+

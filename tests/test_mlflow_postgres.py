@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pgserver import require_postgres, start_mlflow, start_postgres
+from tests.pgserver import postgres_and_mlflow
 
 pytestmark = pytest.mark.slow
 
@@ -35,16 +35,8 @@ EXPERIMENT = "concurrent-trials"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    require_postgres()
-    pg = start_postgres()
-    try:
-        mlflow_server = start_mlflow(pg, tmp_path_factory.mktemp("mlflow"))
-        try:
-            yield pg, mlflow_server
-        finally:
-            mlflow_server.stop()
-    finally:
-        pg.stop()
+    with postgres_and_mlflow(tmp_path_factory.mktemp("mlflow")) as both:
+        yield both
 
 
 def _get(url: str, auth: tuple[str, str] | None = None) -> int:
