@@ -1,7 +1,9 @@
 """A named run (train.run_name) launched again continues: the driver and its in-process Ray
 head are lost mid-run (SIGKILL to the command's whole process group), the same command is
-run again, and the run ends with the weights of an uninterrupted one and every metric
-step once in one MLflow run. A config that would train something else is refused."""
+run again, and the run ends at its last iteration with every metric step once in one
+MLflow run, the dataset checked and Ray started once by the relaunch. A config that would
+train something else is refused. (That a resumed named run ends with the weights of an
+uninterrupted one is shown on the multi-node cluster, tests/test_multinode.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 pytestmark = pytest.mark.slow
 
@@ -62,14 +63,8 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(workdir):
-    proc = _launch("pipelines.steps.train", workdir, "train.run_name=straight", log="straight.log")
-    log = _finish(proc, workdir / "straight.log")
-    assert proc.returncode == 0, log[-4000:]
-    return _weights(workdir, "straight")
-
-
-def test_a_named_run_whose_driver_and_head_were_killed_continues_when_launched_again(workdir, uninterrupted):
+def relaunched(workdir):
+    """A named `dcgan run` killed after its second checkpoint, then run again: (name, log)."""
     name = "lost"
     proc = _launch("pipelines.steps.run", workdir, f"train.run_name={name}", log="lost-1.log")
     deadline = time.time() + 400
@@ -84,6 +79,11 @@ def test_a_named_run_whose_driver_and_head_were_killed_continues_when_launched_a
     again = _launch("pipelines.steps.run", workdir, f"train.run_name={name}", log="lost-2.log")
     log = _finish(again, workdir / "lost-2.log")
     assert again.returncode == 0, log[-4000:]
+    return name, log
+
+
+def test_a_named_run_whose_driver_and_head_were_killed_continues_when_launched_again(workdir, relaunched):
+    name, log = relaunched
     assert f"continuing run '{name}'" in log and "resumed at iteration" in log, log[-4000:]
     # Counted once: the dataset checked once, Ray started once, in this whole `dcgan run`.
     assert log.count("[dataset] ") == 1 and log.count("[ray] ") == 1, log[-4000:]
@@ -95,21 +95,15 @@ def test_a_named_run_whose_driver_and_head_were_killed_continues_when_launched_a
     pipelines = client.search_runs([run.info.experiment_id], "tags.pipeline_step = 'pipeline'")
     assert len(pipelines) == 1 and run.data.tags["mlflow.parentRunId"] == pipelines[0].info.run_id
 
-    lost = _weights(workdir, name)
-    assert lost["iteration"] == uninterrupted["iteration"] == ITERATIONS
-    for net in ("generator", "discriminator"):
-        for key, value in uninterrupted[net].items():
-            if value.is_floating_point():
-                assert torch.allclose(value, lost[net][key], rtol=1e-6, atol=1e-7), f"{net}.{key} differs"
-            else:
-                assert torch.equal(value, lost[net][key]), f"{net}.{key} differs"
+    assert _weights(workdir, name)["iteration"] == ITERATIONS
 
 
-def test_a_named_run_launched_with_another_model_is_refused_and_left_untouched(workdir, uninterrupted):
-    record = workdir / "runs" / "checkpoints" / "straight.json"
+def test_a_named_run_launched_with_another_model_is_refused_and_left_untouched(workdir, relaunched):
+    name, _ = relaunched
+    record = workdir / "runs" / "checkpoints" / f"{name}.json"
     before = record.read_bytes()
-    checkpoints = sorted(p.name for p in (workdir / "runs" / "checkpoints" / "straight").iterdir())
-    done = subprocess.run([sys.executable, "-m", "pipelines.steps.train", *COMMON, "train.run_name=straight",
+    checkpoints = sorted(p.name for p in (workdir / "runs" / "checkpoints" / name).iterdir())
+    done = subprocess.run([sys.executable, "-m", "pipelines.steps.train", *COMMON, f"train.run_name={name}",
                            "model.g_width=24", "train.iterations=80"], cwd=workdir, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
@@ -117,7 +111,7 @@ def test_a_named_run_launched_with_another_model_is_refused_and_left_untouched(w
     assert len(lines) == 1 and "model.g_width" in lines[0] and "train.iterations" not in lines[0], done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert record.read_bytes() == before
-    assert sorted(p.name for p in (workdir / "runs" / "checkpoints" / "straight").iterdir()) == checkpoints
+    assert sorted(p.name for p in (workdir / "runs" / "checkpoints" / name).iterdir()) == checkpoints
 
 
 def test_a_named_run_restores_the_newest_whole_checkpoint_when_rays_record_is_older(tmp_path):

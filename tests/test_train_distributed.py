@@ -31,37 +31,31 @@ def smoke(tmp_path, dataset, *overrides):
     return load_config("smoke", [f"storage={tmp_path}", f"data.dataset={dataset}", "data.shuffle=false", *overrides])
 
 
-def test_two_workers_keep_identical_replicas(ray_local, tmp_path, dataset):
-    cfg = smoke(tmp_path, dataset, "scaling.num_workers=2", "train.iterations=6", "train.checkpoint_every=3",
-                "train.keep_checkpoints=1", "train.batch_size=16")
-    result = train.fit(cfg, run_name=unique_run_name(cfg))
+NODE_METRICS = ("cpu_utilization_percentage", "system_memory_usage_megabytes", "disk_usage_percentage",
+                "network_receive_megabytes")
+
+
+def test_two_workers_keep_identical_replicas_and_their_node_logs_its_system_metrics_once(ray_local, tmp_path, dataset):
+    """Bit-identical replicas; and the driver's training run gets the training node's CPU,
+    memory, disk and network as system/<Ray node id>/..., sampled by one of the node's two
+    workers (the lower rank): one monitor a node, so each sampling step is there once."""
+    import ray
+
+    cfg = smoke(tmp_path, dataset, "scaling.num_workers=2", "train.iterations=10", "train.checkpoint_every=5",
+                "train.keep_checkpoints=1", "train.batch_size=16", "tracking.system_metrics_interval_s=0.5")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with tracking.run(uri, "system-metrics", run_name="nodes") as active:  # no driver sampling: only the node's
+        result = train.fit(cfg, run_name=unique_run_name(cfg), tracking_uri=uri, mlflow_run_id=active.info.run_id)
     assert result.error is None
-    assert result.metrics["iteration"] == 6
+    assert result.metrics["iteration"] == 10
     assert result.metrics["replica_divergence"] == 0.0  # parameters bit-identical on both ranks
     state = load_state(result.checkpoint.path)
-    assert state["iteration"] == 6 and state["world_size"] == 2
+    assert state["iteration"] == 10 and state["world_size"] == 2
     assert set(state) >= {"generator", "discriminator", "opt_g", "opt_d", "fixed_noise", "config", "data_position"}
     # keep_checkpoints=1: only the last checkpoint is kept
     run_dir = tmp_path / "checkpoints" / result.path.split("/")[-1]
     assert len([p for p in run_dir.glob("checkpoint_2*") if p.is_dir()]) == 1
 
-
-NODE_METRICS = ("cpu_utilization_percentage", "system_memory_usage_megabytes", "disk_usage_percentage",
-                "network_receive_megabytes")
-
-
-def test_the_node_of_two_workers_logs_its_system_metrics_into_the_training_run_once(ray_local, tmp_path, dataset):
-    """The driver's training run gets the training node's CPU, memory, disk and network as
-    system/<Ray node id>/..., sampled by one of the node's two workers (the lower rank):
-    one monitor a node, so each sampling step is there once."""
-    import ray
-
-    cfg = smoke(tmp_path, dataset, "scaling.num_workers=2", "train.iterations=10", "train.batch_size=16",
-                "tracking.system_metrics_interval_s=0.5")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with tracking.run(uri, "system-metrics", run_name="nodes") as active:  # no driver sampling: only the node's
-        result = train.fit(cfg, run_name=unique_run_name(cfg), tracking_uri=uri, mlflow_run_id=active.info.run_id)
-    assert result.error is None
     node = ray.get_runtime_context().get_node_id()  # the one node of the local cluster
     client = MlflowClient(uri)
     run = client.get_run(active.info.run_id)
