@@ -290,7 +290,9 @@ def near_duplicate_clusters(bits: np.ndarray, radius: int = 0) -> list[list[int]
     labels = near_duplicate_labels(np.asarray(bits, bool), radius)
     order = np.lexsort((np.arange(len(labels)), labels))
     cuts = np.flatnonzero(np.diff(labels[order])) + 1
-    groups = [g.tolist() for g in np.split(order, cuts) if len(g) > 1]
+    starts, ends = np.r_[0, cuts], np.r_[cuts, len(order)]
+    # only the groups of two or more become lists: no Python object per singleton image
+    groups = [order[a:b].tolist() for a, b in zip(starts[ends - starts > 1], ends[ends - starts > 1])]
     return sorted(groups, key=lambda g: g[0])
 
 

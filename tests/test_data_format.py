@@ -69,3 +69,20 @@ def test_the_manifest_figures_of_a_large_column_hold_no_python_string_per_image(
     small = column.slice(0, 2000)
     assert content_hash(small) == expected_hash and content_hash(small.to_pylist()) == expected_hash
     assert holdout_entry(100, small) == expected_held and expected_held["images"] == 100
+
+
+def test_rows_read_by_index_in_any_order_and_a_shard_equal_the_dataset(tmp_path):
+    """read_rows and read_shard find each chunk's rows by binary search (not a scan of every
+    index per chunk): any order, repeats, and shard boundaries inside chunks."""
+    from pipelines.dataset.rows import dataset_chunks, read_chunk, read_rows, read_shard
+    from tests.datasets import synthetic_dataset
+
+    uri = str(tmp_path / "ds")
+    synthetic_dataset(uri, count=50, resolution=8)
+    chunks = dataset_chunks(uri, rows_per_chunk=7)
+    every = np.concatenate([read_chunk(c, 8) for c in chunks])
+    assert len(chunks) > 3 and len(every) == 50
+    wanted = np.array([49, 0, 13, 13, 7, 6, 48, 21])
+    assert np.array_equal(read_rows(chunks, wanted, 8), every[wanted])
+    shards = [read_shard(uri, 8, rank, 3, rows_per_chunk=7)[0] for rank in range(3)]
+    assert np.array_equal(np.concatenate(shards), every[:48])  # 50 // 3 = 16 a rank, in order

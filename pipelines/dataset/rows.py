@@ -78,10 +78,12 @@ def read_rows(chunks: list[Chunk], indices: np.ndarray, resolution: int) -> np.n
     """uint8 images at global ``indices`` (in that order), reading only the chunks that hold them."""
     indices = np.asarray(indices, np.int64)
     out = np.empty((len(indices), resolution, resolution, 3), np.uint8)
-    for chunk in chunks:
-        hit = np.flatnonzero((indices >= chunk.first) & (indices < chunk.first + chunk.rows))
-        if len(hit):
-            out[hit] = read_chunk(chunk, resolution)[indices[hit] - chunk.first]
+    order = np.argsort(indices, kind="stable")
+    ordered = indices[order]
+    for chunk in chunks:  # a binary search a chunk: O(chunks log n), not O(chunks n)
+        lo, hi = np.searchsorted(ordered, [chunk.first, chunk.first + chunk.rows])
+        if hi > lo:
+            out[order[lo:hi]] = read_chunk(chunk, resolution)[ordered[lo:hi] - chunk.first]
     return out
 
 
@@ -123,11 +125,11 @@ def read_shard(dataset_uri: str, resolution: int, rank: int, world: int, manifes
     chunks = dataset_chunks(dataset_uri, rows_per_chunk)
     images = np.empty((len(mine), resolution, resolution, 3), np.uint8)
     keys = np.empty(len(mine), object)
-    for chunk in chunks:
-        hit = np.flatnonzero((mine >= chunk.first) & (mine < chunk.first + chunk.rows))
-        if len(hit):
+    for chunk in chunks:  # ``mine`` is ascending: a binary search a chunk, O(chunks log n)
+        lo, hi = np.searchsorted(mine, [chunk.first, chunk.first + chunk.rows])
+        if hi > lo:
             table = _chunk_table(chunk, [KEY, IMAGE])
-            local = mine[hit] - chunk.first
-            images[hit] = decode_images(table.column(IMAGE), resolution)[local]
-            keys[hit] = np.asarray(table.column(KEY).to_pylist(), object)[local]
+            local = mine[lo:hi] - chunk.first
+            images[lo:hi] = decode_images(table.column(IMAGE), resolution)[local]
+            keys[lo:hi] = np.asarray(table.column(KEY).to_pylist(), object)[local]
     return images, keys.tolist()

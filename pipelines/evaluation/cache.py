@@ -160,12 +160,21 @@ def near_duplicate_keys(dataset_uri: str, radius: int = 0, manifest: dict | None
     """
     import pyarrow.parquet as pq
 
+    import pyarrow as pa
+
     index = audit_index(dataset_uri, manifest, **index_kwargs)
-    keys: list[str] = []
+    columns = []  # Arrow, not a Python string per image: only the clusters' keys become strings
     for uri in storage.list_files(dataset_uri, SHARD_SUFFIX):  # the global order of dataset_chunks
         fs, path = storage.filesystem(uri)
-        keys += pq.read_table(path, filesystem=fs, columns=[KEY]).column(KEY).to_pylist()
-    return [[keys[i] for i in cluster] for cluster in mem.near_duplicate_clusters(index.bits, radius)]
+        columns.append(pq.read_table(path, filesystem=fs, columns=[KEY]).column(KEY).combine_chunks())
+    keys = pa.chunked_array(columns, pa.string())
+    clusters = mem.near_duplicate_clusters(index.bits, radius)
+    members = keys.take(pa.array([i for cluster in clusters for i in cluster], pa.int64())).to_pylist()
+    out, at = [], 0
+    for cluster in clusters:
+        out.append(members[at:at + len(cluster)])
+        at += len(cluster)
+    return out
 
 
 def _tqdm(total: int, desc: str, enabled: bool):
