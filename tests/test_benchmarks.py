@@ -48,6 +48,7 @@ CASES = {  # the Ray ones start in this order: the longest first
     "quality.py": Case(("heldout_fid_default", "heldout_fid_paper", "iterations", "resolution", "wall_s"), lsun=True),
     "generate_memory.py": Case(("config", "resolution", "runs")),
     "cli_help.py": Case(("python_startup_s", "seconds", "slowest", "max_s")),
+    "copying_coverage.py": Case(("training_images", "heldout_images", "rows"), lsun=True, ray=True),
 }
 TESTED_ELSEWHERE = {"gpu.py": "tests/test_benchmark_gpu.py"}  # its tiny mode, through benchmarks/gpu_check.sh
 HELPERS = {
