@@ -150,3 +150,17 @@ def test_print_times_at_a_few_sizes(n):
     fast, fast_s, slow, slow_s = _both_searches(bits, DEFAULT_RADIUS)
     print(f"\nN={n} r={DEFAULT_RADIUS}: multi-index {fast_s:.3f} s, exhaustive {slow_s:.2f} s")
     assert np.array_equal(fast, slow)
+
+
+def test_a_search_within_a_radius_says_its_candidate_pairs_and_projected_time_first():
+    """The line near_duplicate_keys prints before searching: the exact candidate count (the
+    search's own), its share of all pairs and the projected seconds."""
+    from pipelines.evaluation.cache import CANDIDATES_PER_S, near_duplicate_projection
+
+    rng = np.random.default_rng(3)
+    bits = rng.random((3000, 128)) < 0.3
+    count = candidate_count(bits, 8)
+    line = near_duplicate_projection(bits, 8)
+    assert f"{count:,} candidate pairs" in line and "3,000 images" in line
+    assert f"{count / (3000 * 2999 // 2):.2%} of all pairs" in line
+    assert f"about {count / CANDIDATES_PER_S:,.0f} s" in line
