@@ -51,6 +51,18 @@ def dataset_chunks(dataset_uri: str, rows_per_chunk: int = ROWS_PER_CHUNK) -> li
     return chunks
 
 
+def files_of(chunks: list[Chunk]) -> list[Chunk]:
+    """One chunk a file, spanning that file's chunks (they are in file and row order)."""
+    merged: list[Chunk] = []
+    for chunk in chunks:
+        if merged and merged[-1].file == chunk.file and merged[-1].stop == chunk.start:
+            last = merged[-1]
+            merged[-1] = Chunk(last.file, last.start, chunk.stop, last.first)
+        else:
+            merged.append(chunk)
+    return merged
+
+
 def read_chunk(chunk: Chunk, resolution: int) -> np.ndarray:
     """uint8 (rows, R, R, 3) of one chunk, reading only the row groups it overlaps."""
     return decode_images(_chunk_table(chunk, [IMAGE]).column(IMAGE), resolution)
@@ -122,10 +134,12 @@ def read_shard(dataset_uri: str, resolution: int, rank: int, world: int, manifes
     train, _ = split_rows(dataset_uri, manifest, rows_per_chunk=rows_per_chunk)
     share = rank_rows(len(train), rank, world)
     mine = train[share.start:share.stop]
-    chunks = dataset_chunks(dataset_uri, rows_per_chunk)
+    # A file at a time (its chunks merged): a row group larger than a chunk is read once,
+    # not once for every chunk it holds.
+    chunks = files_of(dataset_chunks(dataset_uri, rows_per_chunk))
     images = np.empty((len(mine), resolution, resolution, 3), np.uint8)
     keys = np.empty(len(mine), object)
-    for chunk in chunks:  # ``mine`` is ascending: a binary search a chunk, O(chunks log n)
+    for chunk in chunks:  # ``mine`` is ascending: a binary search a file, O(files log n)
         lo, hi = np.searchsorted(mine, [chunk.first, chunk.first + chunk.rows])
         if hi > lo:
             table = _chunk_table(chunk, [KEY, IMAGE])
