@@ -49,13 +49,14 @@ def features_of(extractor, images: np.ndarray, batch: int = 50) -> np.ndarray:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--photos", type=int, default=2000, help="LSUN photos ingested (training + held out)")
-    ap.add_argument("--heldout", type=int, default=300, help="of them held out (by content hash)")
-    ap.add_argument("--samples", type=int, default=200, help="the copier's samples")
+    for flag, default, text in (("--photos", 2000, "LSUN photos ingested (training + held out)"),
+                                ("--heldout", 300, "of them held out (by content hash)"),
+                                ("--samples", 200, "the copier's samples")):
+        ap.add_argument(flag, type=int, default=default, help=text)
     ap.add_argument("--tiny", action="store_true", help="60 photos, 8 copies: runs in seconds, measures nothing")
     args = ap.parse_args(argv)
     if args.tiny:
-        args.photos, args.heldout, args.samples = 60, 12, 8
+        vars(args).update(photos=60, heldout=12, samples=8)
     files = sorted(LSUN.glob("*.jpg"))[: args.photos]
     if len(files) < args.photos:
         sys.exit(f"need {args.photos} JPEGs in {LSUN}, found {len(files)} (see its NOTICE.md)")
